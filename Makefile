@@ -1,0 +1,29 @@
+# Quick start: `make demo` (set up + compile AttendNeXt for this host and rpi4, run it)
+#              `make test` (set up + lint + the whole test suite, as CI runs it)
+VENV := .venv
+CLI := $(VENV)/bin/tvmc-attend
+OUT := out
+
+.PHONY: setup demo test test-fast lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(CLI) models
+	$(CLI) targets
+	$(CLI) compile --model attendnext --target host -o $(OUT)/attendnext-host
+	$(CLI) run $(OUT)/attendnext-host --repeat 20
+	$(CLI) compile --model attendnext --target rpi4 -o $(OUT)/attendnext-rpi4
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow and not emulated"
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,53 @@
+"""Build a Relax module for a board, with or without a tuning database, and export the .so."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from tvmc_attend.targets import Board
+
+from tvmc_attend.errors import UserError
+
+
+def build_executable(mod: Any, board: Board, database: Any = None) -> Any:
+    """Compile ``mod`` for ``board``. Without a database the CPU build is only legalised and
+    fused (loops unscheduled); with one, every tuned task gets its best measured schedule."""
+    import tvm
+
+    target = board.tvm_target()
+    if database is None:
+        return tvm.compile(mod, target=target)
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.relax_integration.compile_relax(database, mod, target, params=None)
+
+
+def require_cross_compiler(board: Board) -> None:
+    if board.cross_compiler and shutil.which(board.cross_compiler) is None:
+        raise UserError(
+            f"cross compiler '{board.cross_compiler}' for target {board.name} is not installed; "
+            "run `make setup` or `apt-get install gcc-aarch64-linux-gnu`"
+        )
+
+
+def export_library(executable: Any, board: Board, path: str) -> None:
+    """Write the shared library for ``board`` atomically (cross-compiled for remote boards)."""
+    from tvm.support import cc
+
+    require_cross_compiler(board)
+    fcompile = cc.cross_compiler(board.cross_compiler) if board.cross_compiler else None
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        if fcompile is None:
+            executable.export_library(tmp)
+        else:
+            executable.export_library(tmp, fcompile=fcompile)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

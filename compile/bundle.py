@@ -1,0 +1,102 @@
+"""A bundle: the compiled .so, its metadata JSON and a copy of the one-file runtime loader.
+
+The bundle is self-contained (weights are constants inside the .so) and is written into a
+temporary directory first, then moved into place, so a failed compile never leaves a bundle
+that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from tvmc_attend.targets import Board
+
+from tvmc_attend import attend_runtime
+from tvmc_attend.errors import UserError
+
+from .build import export_library
+from .frontend import ImportedModel
+
+LOADER_SOURCE = attend_runtime.__file__
+
+
+@dataclass
+class TuningInfo:
+    """How the library was tuned, as recorded in the bundle."""
+
+    tuned: bool = False
+    database: str | None = None
+    records: int = 0
+    emulated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _metadata(imported: ImportedModel, board: Board, library: str, sha256: str,
+              tuning: TuningInfo, fused_dcac: int) -> dict[str, Any]:
+    import tvm
+
+    return {
+        "format": attend_runtime.BUNDLE_FORMAT,
+        "model": imported.name,
+        "source": imported.source,
+        "input": {"name": imported.input_name, "shape": list(imported.input_shape),
+                  "dtype": imported.input_dtype},
+        "output": {"shape": list(imported.output_shape), "dtype": imported.output_dtype},
+        "target": {"name": board.name, "target": board.resolved_target_dict(),
+                   "triple": board.triple, "remote": board.is_remote},
+        "threads": board.threads,
+        "tvm_version": tvm.__version__,
+        "tuned": tuning.tuned,
+        "tuning": {"database": tuning.database, "records": tuning.records,
+                   "emulated": tuning.emulated, **tuning.extra},
+        "fused_dcac": fused_dcac,
+        "library": {"file": library, "sha256": sha256},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "compiled_on": platform.node(),
+    }
+
+
+def _check_replaceable(out_dir: str) -> None:
+    """Only an earlier bundle (or an empty directory) may be overwritten."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"output '{out_dir}' is a file; pass a directory path to -o")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(
+            os.path.join(out_dir, attend_runtime.METADATA_FILE)):
+        raise UserError(f"output directory '{out_dir}' exists and is not a tvmc-attend bundle; "
+                        "choose another -o path or empty it")
+
+
+def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable: Any,
+                 tuning: TuningInfo | None = None, fused_dcac: int = 0) -> dict[str, Any]:
+    """Export ``executable`` into the bundle directory ``out_dir``; return its metadata."""
+    tuning = tuning or TuningInfo()
+    out_dir = os.path.abspath(out_dir)
+    _check_replaceable(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is meant to be copied around
+    try:
+        library = f"{imported.name}-{board.name}.so"
+        lib_path = os.path.join(staging, library)
+        export_library(executable, board, lib_path)
+        meta = _metadata(imported, board, library, attend_runtime.sha256_of(lib_path),
+                         tuning, fused_dcac)
+        with open(os.path.join(staging, attend_runtime.METADATA_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+        shutil.copyfile(LOADER_SOURCE, os.path.join(staging, "attend_runtime.py"))
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging)
+    return meta

@@ -1,0 +1,98 @@
+"""Board presets: data files in ``presets/`` and the small class that reads them.
+
+A preset is everything the pipeline needs to know about a board: the TVM target (as a dict,
+since TVM 0.27 no longer parses target strings), the cross compiler, the RPC key under which
+its devices register, its thread count, and the CPU model qemu should emulate for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from tvmc_attend.errors import UserError
+
+_PRESET_PACKAGE = "tvmc_attend.targets"
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    target: dict[str, Any] = field(hash=False)
+    cross_compiler: str | None = None
+    rpc_key: str | None = None
+    threads: int | None = None
+    qemu_cpu: str | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        """True for boards reached over RPC (cross-compiled), False for this host."""
+        return self.cross_compiler is not None
+
+    @property
+    def triple(self) -> str:
+        return self.target.get("mtriple", "host")
+
+    def resolved_target_dict(self) -> dict[str, Any]:
+        """The target dict with ``mcpu: native`` and an unset core count resolved for this host."""
+        target = dict(self.target)
+        if target.get("mcpu") == "native":
+            from tvm.target import codegen
+
+            target["mcpu"] = str(codegen.llvm_get_system_cpu())
+            target.setdefault("num-cores", self.thread_count())
+        return target
+
+    def tvm_target(self):
+        """The ``tvm.target.Target`` of this board (imports TVM)."""
+        import tvm
+
+        return tvm.target.Target(self.resolved_target_dict())
+
+    def thread_count(self) -> int:
+        return self.threads or len(os.sched_getaffinity(0))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "target": self.target,
+            "cross_compiler": self.cross_compiler,
+            "rpc_key": self.rpc_key,
+            "threads": self.threads,
+            "qemu_cpu": self.qemu_cpu,
+        }
+
+
+def _load_presets() -> dict[str, Board]:
+    boards: dict[str, Board] = {}
+    for entry in sorted(resources.files(_PRESET_PACKAGE).joinpath("presets").iterdir(),
+                        key=lambda p: (p.name != "host.json", p.name)):
+        if entry.name.endswith(".json"):
+            data = json.loads(entry.read_text())
+            boards[data["name"]] = Board(**data)
+    return boards
+
+
+_BOARDS: dict[str, Board] | None = None
+
+
+def list_boards() -> list[Board]:
+    global _BOARDS
+    if _BOARDS is None:
+        _BOARDS = _load_presets()
+    return list(_BOARDS.values())
+
+
+def get_board(name: str) -> Board:
+    boards = {b.name: b for b in list_boards()}
+    if name not in boards:
+        raise UserError(
+            f"unknown target '{name}'; valid targets: {', '.join(sorted(boards))} "
+            "(see `tvmc-attend targets`)"
+        )
+    return boards[name]

@@ -1,0 +1,1 @@
+"""Command-line interface: one module per verb (as the old tvmc driver had)."""

@@ -1,0 +1,40 @@
+"""`tvmc-attend compile`: model -> Relax -> .so bundle (+ metadata + loader)."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from . import options
+
+
+def compile_command(
+    model: str = options.MODEL,
+    target: str = options.TARGET,
+    output: str = typer.Option(..., "--output", "-o", help="Bundle directory to write."),
+    untuned: bool = typer.Option(False, "--untuned", help="Ignore tuning databases."),
+    input_size: int | None = options.INPUT_SIZE,
+    checkpoint: str | None = options.CHECKPOINT,
+    seed: int = options.SEED,
+) -> None:
+    """Compile a model for a board into a self-contained bundle directory."""
+    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.pipeline import compile_bundle
+    from tvmc_attend.targets import get_board
+
+    board = get_board(target)
+    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
+    start = time.perf_counter()
+    meta = compile_bundle(source, board, output)
+    elapsed = time.perf_counter() - start
+    how = "tuned" if meta["tuned"] else "untuned"
+    typer.echo(f"compiled {meta['model']} for {board.name} ({meta['target']['triple']}, {how}) "
+               f"in {elapsed:.1f} s -> {output}")
+    typer.echo(f"  input {meta['input']['name']} {meta['input']['shape']} "
+               f"{meta['input']['dtype']}, output {meta['output']['shape']}, "
+               f"library {meta['library']['file']} sha256 {meta['library']['sha256'][:16]}...")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compile")(compile_command)

@@ -1,0 +1,17 @@
+"""Options shared by several verbs, defined once so every verb spells them the same way."""
+
+from __future__ import annotations
+
+import typer
+
+MODEL = typer.Option(..., "--model", "-m",
+                     help="Zoo model name (see `tvmc-attend models`) or a .onnx / .pt2 file.")
+TARGET = typer.Option("host", "--target", "-t", help="Board preset (see `tvmc-attend targets`).")
+INPUT_SIZE = typer.Option(None, "--input-size",
+                          help="Square input resolution for zoo models (multiple of 32).")
+CHECKPOINT = typer.Option(None, "--checkpoint",
+                          help="PyTorch state dict for a zoo model (loaded with weights_only).")
+SEED = typer.Option(0, "--seed", help="Seed of the deterministic initialisation (no checkpoint).")
+RPC_TRACKER = typer.Option(None, "--rpc-tracker", help="RPC tracker HOST:PORT (device farm).")
+RPC_KEY = typer.Option(None, "--rpc-key", help="Device key at the tracker (default: the board's).")
+RPC_HOST = typer.Option(None, "--rpc-host", help="A single RPC server HOST:PORT.")

@@ -1,0 +1,78 @@
+"""`tvmc-attend run`: open a bundle with its loader, run it, print top-5 and latency."""
+
+from __future__ import annotations
+
+import numpy as np
+import typer
+
+from tvmc_attend.errors import UserError
+
+from . import options
+
+
+def run_command(
+    bundle: str = typer.Argument(..., help="Bundle directory written by `tvmc-attend compile`."),
+    input_path: str | None = typer.Option(None, "--input", "-i",
+                                          help="Input .npy array or image (default: random)."),
+    output_path: str | None = typer.Option(None, "--output", help="Save the raw output (.npy)."),
+    repeat: int = typer.Option(10, "--repeat", min=1, help="Timed runs for the latency."),
+    threads: int | None = typer.Option(None, "--threads", help="Runtime threads."),
+    rpc_tracker: str | None = options.RPC_TRACKER,
+    rpc_key: str | None = options.RPC_KEY,
+    rpc_host: str | None = options.RPC_HOST,
+) -> None:
+    """Run a bundle locally or on an RPC device; print top-5 and the median latency."""
+    from tvmc_attend import attend_runtime
+    from tvmc_attend.compile.inputs import imagenet_labels, load_input, top_k
+
+    meta = _read_metadata(bundle)
+    session, where = _remote_session(meta, rpc_tracker, rpc_key, rpc_host)
+    try:
+        model = attend_runtime.load(bundle, remote=session, threads=threads)
+        x = load_input(input_path, model.input_shape, model.input_dtype)
+        y = model(x)
+        stats = model.benchmark(x, repeat=repeat)
+    except attend_runtime.BundleError as err:
+        raise UserError(str(err)) from None
+    if output_path:
+        np.save(output_path, y)
+    typer.echo(f"{meta['model']} on {meta['target']['name']} ({where}), "
+               f"input {'random' if input_path is None else input_path}")
+    if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] > 1:
+        labels = imagenet_labels(y.shape[1])
+        typer.echo("top-5:")
+        for rank, (idx, prob) in enumerate(top_k(y), start=1):
+            name = f"  {labels[idx]}" if labels else ""
+            typer.echo(f"  {rank}. class {idx:4d}  p={prob:.4f}{name}")
+    else:
+        typer.echo(f"output {list(y.shape)}: mean {y.mean():.4g}, std {y.std():.4g}")
+    label = " (emulated)" if where.startswith("emulated") else ""
+    typer.echo(f"latency{label}: {stats}")
+    if output_path:
+        typer.echo(f"output saved to {output_path}")
+
+
+def _read_metadata(bundle: str) -> dict:
+    from tvmc_attend import attend_runtime
+
+    try:
+        return attend_runtime.read_metadata(bundle)
+    except attend_runtime.BundleError as err:
+        raise UserError(str(err)) from None
+
+
+def _remote_session(meta: dict, rpc_tracker: str | None, rpc_key: str | None,
+                    rpc_host: str | None):
+    """Connect to the device named by the RPC options, if any; say where we run."""
+    if not (rpc_tracker or rpc_host):
+        return None, "local"
+    from tvmc_attend.device import RemoteSpec, connect
+    from tvmc_attend.targets import get_board
+
+    key = rpc_key or get_board(meta["target"]["name"]).rpc_key
+    spec = RemoteSpec.parse(rpc_tracker=rpc_tracker, rpc_key=key, rpc_host=rpc_host)
+    return connect(spec), f"remote {spec}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
