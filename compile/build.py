@@ -25,6 +25,26 @@ def build_executable(mod: Any, board: Board, database: Any = None) -> Any:
     return ms.relax_integration.compile_relax(database, mod, target, params=None)
 
 
+def fuse_for_tuning(mod: Any, board: Board) -> Any:
+    """Legalise and fuse ``mod`` the way ``compile_relax`` does before it applies a database,
+    so that extracted tuning tasks and the build's lookups share workload keys."""
+    import tvm
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    target = board.tvm_target()
+    with target:
+        seq = tvm.transform.Sequential([
+            *pipeline.library_dispatch_passes(target),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ])
+        return seq(mod)
+
+
 def require_cross_compiler(board: Board) -> None:
     if board.cross_compiler and shutil.which(board.cross_compiler) is None:
         raise UserError(

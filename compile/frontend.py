@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tvmc_attend.relay_ops import fix_torch_nearest_resize
+
 from tvmc_attend.errors import UserError
 
 
@@ -85,11 +87,12 @@ def _from_exported_program(exported: Any) -> Any:
 
     try:
         # unwrap_unit_return_tuple: a tuple result has no .numpy() over RPC.
-        return from_exported_program(exported, keep_params_as_input=False,
-                                     unwrap_unit_return_tuple=True)
+        mod = from_exported_program(exported, keep_params_as_input=False,
+                                    unwrap_unit_return_tuple=True)
     except Exception as err:  # the frontend raises bare asserts/ValueErrors on unsupported ops
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"TVM's torch frontend could not import the model: {first}") from None
+    return fix_torch_nearest_resize(mod)
 
 
 def _import_zoo(source: ModelSource) -> ImportedModel:

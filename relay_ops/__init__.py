@@ -5,5 +5,6 @@ Relax, so these are Relax passes. One rewrite per file.
 """
 
 from .inference import fold_for_inference
+from .nearest_resize import fix_torch_nearest_resize
 
-__all__ = ["fold_for_inference"]
+__all__ = ["fix_torch_nearest_resize", "fold_for_inference"]

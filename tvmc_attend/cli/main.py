@@ -15,6 +15,10 @@ VERB_MODULES = [
     "targets",
     "compile",
     "run",
+    "tune",
+    "device",
+    "tracker",
+    "doctor",
 ]
 
 app = typer.Typer(

@@ -15,3 +15,5 @@ SEED = typer.Option(0, "--seed", help="Seed of the deterministic initialisation 
 RPC_TRACKER = typer.Option(None, "--rpc-tracker", help="RPC tracker HOST:PORT (device farm).")
 RPC_KEY = typer.Option(None, "--rpc-key", help="Device key at the tracker (default: the board's).")
 RPC_HOST = typer.Option(None, "--rpc-host", help="A single RPC server HOST:PORT.")
+EMULATE = typer.Option(False, "--emulate",
+                       help="Use (starting if needed) an emulated board for the target.")

@@ -1,0 +1,132 @@
+"""A MetaSchedule builder that is fast on a 2-core machine and exports what a board can load.
+
+MetaSchedule's LocalBuilder re-creates its worker pool for every batch, and each worker
+imports ``tvm.s_tir.tensor_intrin`` (50-75 s here), so out of the box a batch of 16 candidates
+spends minutes starting Python. It also exports a .tar that a board must link itself.
+
+This builder keeps a pool of spawned workers alive for the whole tuning run (each imports TVM
+once), builds candidates in parallel, and exports a shared library: cross-compiled for boards,
+so the board needs only the TVM runtime. Float32 candidates carry no tensor intrinsics, so
+skipping the intrinsic registry is safe. Workers are recycled every ``tasks_per_worker``
+builds because long-lived TVM build workers slowly leak memory.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
+
+
+def _init_worker() -> None:
+    import tvm  # noqa: F401  (the import is the expensive part: pay it once per worker)
+
+
+def _build_one(mod_json: str, target_json: str, cross_compiler: str | None,
+               out_dir: str) -> tuple[str | None, str | None]:
+    """Build one scheduled TIR module and export it as a .so; return (path, error)."""
+    try:
+        import tvm
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+        from tvm.support import cc
+
+        mod = tvm.ir.load_json(mod_json)
+        target = tvm.ir.load_json(target_json)
+        mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+        rt_mod = tvm_build(mod, target=target)
+        # One directory per candidate: MetaSchedule's RemoveBuildArtifact deletes the
+        # artifact's whole directory after measuring it.
+        path = os.path.join(tempfile.mkdtemp(prefix="candidate-", dir=out_dir), "candidate.so")
+        if cross_compiler:
+            rt_mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+        else:
+            rt_mod.export_library(path)
+        return path, None
+    except Exception as err:  # reported per candidate, as MetaSchedule expects
+        return None, f"{type(err).__name__}: {err}"
+
+
+@derived_object
+class SharedLibraryBuilder(PyBuilder):
+    """Builds candidates in a persistent process pool and exports them as .so files."""
+
+    def __init__(self, cross_compiler: str | None = None, max_workers: int | None = None,
+                 timeout_s: float = 120.0, tasks_per_worker: int = 256) -> None:
+        super().__init__()
+        self.cross_compiler = cross_compiler
+        self.max_workers = max_workers or max(1, len(os.sched_getaffinity(0)))
+        self.timeout_s = timeout_s
+        self.tasks_per_worker = tasks_per_worker
+        self.artifact_dir = tempfile.mkdtemp(prefix="tvmc-attend-build-")
+        self.builds = 0
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(
+                max_workers=self.max_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                max_tasks_per_child=self.tasks_per_worker,
+            )
+        return self._pool
+
+    def warm_up(self) -> None:
+        """Start the workers now (they import TVM) instead of inside the first batch."""
+        pool = self._get_pool()
+        list(pool.map(_init_worker_probe, range(self.max_workers)))
+
+    def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
+        import tvm
+
+        pool = self._get_pool()
+        futures = [
+            pool.submit(_build_one, tvm.ir.save_json(inp.mod), tvm.ir.save_json(inp.target),
+                        self.cross_compiler, self.artifact_dir)
+            for inp in build_inputs
+        ]
+        results = []
+        for future in futures:
+            try:
+                path, error = future.result(timeout=self.timeout_s)
+            except cf.TimeoutError:
+                path, error = None, f"build timed out after {self.timeout_s:.0f} s"
+                self._restart_pool()
+            except cf.process.BrokenProcessPool:
+                path, error = None, "build worker crashed"
+                self._restart_pool()
+            except cf.CancelledError:  # cancelled by a restart after another candidate hung
+                path, error = None, "build cancelled after a worker restart"
+            results.append(BuilderResult(path, error))
+        self.builds += len(build_inputs)
+        return results
+
+    def _restart_pool(self) -> None:
+        if self._pool is not None:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.kill()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        """Stop the workers and delete the built candidates."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        shutil.rmtree(self.artifact_dir, ignore_errors=True)
+
+    def __getstate__(self) -> dict[str, Any]:  # the pool never travels
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        return state
+
+
+def _init_worker_probe(_: int) -> int:
+    return os.getpid()

@@ -1,0 +1,91 @@
+"""`tvmc-attend tune`: MetaSchedule tuning, locally or over RPC, resumable, with live progress."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from . import options
+from .remote import resolve_remote
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def task_table(result, title: str) -> Table:
+    """Per-task table: trials done / budget, best latency, weight."""
+    label = " (emulated)" if result.emulated else ""
+    table = Table(title=title)
+    for col, justify in (("#", "right"), ("task", "left"), ("weight", "right"),
+                         ("trials", "right"), (f"best ms{label}", "right"),
+                         ("errors", "right")):
+        table.add_column(col, justify=justify)
+    for i, t in enumerate(result.tasks):
+        table.add_row(str(i), t.name[:48], f"{t.weight:g}", f"{t.done}/{t.budget}",
+                      _fmt_ms(t.best_ms), str(t.errors) if t.errors else "")
+    return table
+
+
+def summary_line(result) -> str:
+    label = " (emulated)" if result.emulated else ""
+    done = sum(t.done for t in result.tasks)
+    budget = sum(t.budget for t in result.tasks)
+    return (f"trials {done}/{budget} ({result.new_trials} new, "
+            f"{result.trials_per_minute:.1f} trials/min) | estimated latency{label} "
+            f"{_fmt_ms(result.estimated_ms)} ms | {result.seconds:.0f} s on {result.device}")
+
+
+def tune_command(
+    model: str = options.MODEL,
+    target: str = options.TARGET,
+    trials: int = typer.Option(200, "--trials", min=1, help="Total trial budget (all tasks)."),
+    trials_per_task: int | None = typer.Option(
+        None, "--trials-per-task", min=1, help="Per-task cap (default: trials / tasks)."),
+    trials_per_round: int = typer.Option(16, "--trials-per-round", min=1,
+                                         help="Candidates measured per search round."),
+    log_dir: str | None = typer.Option(None, "--log-dir",
+                                       help="Database root (default ./tuning_logs)."),
+    input_size: int | None = options.INPUT_SIZE,
+    checkpoint: str | None = options.CHECKPOINT,
+    seed: int = options.SEED,
+    rpc_tracker: str | None = options.RPC_TRACKER,
+    rpc_key: str | None = options.RPC_KEY,
+    rpc_host: str | None = options.RPC_HOST,
+    emulate: bool = options.EMULATE,
+) -> None:
+    """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
+    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.tune import TuneOptions, tune_model
+    from tvmc_attend.targets import get_board
+
+    board = get_board(target)
+    remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
+    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
+    opts = TuneOptions(trials=trials, trials_per_task=trials_per_task,
+                       trials_per_round=trials_per_round, seed=seed, log_dir=log_dir)
+    console = Console()
+    with Live(Text("importing the model and extracting tasks..."), console=console,
+              auto_refresh=False, transient=True) as live:
+        def show(result) -> None:
+            live.update(Group(Text(summary_line(result)), task_table(result, "tuning")),
+                        refresh=True)
+
+        result = tune_model(source, board, opts, remote=remote, emulated=emulated,
+                            on_progress=show)
+    console.print(task_table(result, f"{result.model} on {result.board}"))
+    console.print(summary_line(result))
+    console.print(f"database: {result.database}")
+    if result.stopped:
+        console.print(f"[bold]stopped:[/bold] {result.stopped}. Every record measured so far "
+                      "is in the database; rerun the same command to resume.")
+        sys.exit(130 if "Ctrl-C" in result.stopped else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune_command)

@@ -1,0 +1,40 @@
+"""The model zoo: AttendNeXt, its DC-AC block and the timm peers it is compared with.
+
+Importing the model modules registers them (``@register_model``), in the order ``list_models``
+reports. timm itself is imported only when a timm model is created.
+"""
+
+from tvmc_attend.models import attendnext, timm_peers  # noqa: F401  (registration side effect)
+from tvmc_attend.models.attendnext import (
+    DCAC,
+    AttendNeXt,
+    AttendNeXtConfig,
+    DCACConfig,
+    StageConfig,
+)
+from tvmc_attend.models.registry import (
+    ModelSpec,
+    create_model,
+    get_model_spec,
+    list_models,
+    register_model,
+)
+from tvmc_attend.models.stats import ModelStats, model_stats
+from tvmc_attend.models.weights import init_weights, load_checkpoint
+
+__all__ = [
+    "DCAC",
+    "AttendNeXt",
+    "AttendNeXtConfig",
+    "DCACConfig",
+    "ModelSpec",
+    "ModelStats",
+    "StageConfig",
+    "create_model",
+    "get_model_spec",
+    "init_weights",
+    "list_models",
+    "load_checkpoint",
+    "model_stats",
+    "register_model",
+]
