@@ -7,9 +7,8 @@ import shutil
 import tempfile
 from typing import Any
 
-from tvmc_attend.targets import Board
-
 from tvmc_attend.errors import UserError
+from tvmc_attend.targets import Board
 
 
 def build_executable(mod: Any, board: Board, database: Any = None) -> Any:

@@ -17,14 +17,21 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
+import time
 from typing import Any
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 
+from .replay import MeasuredCandidates
+from .stop import StopFlag
+
 
 def _init_worker() -> None:
+    # Ctrl-C is the parent's to handle: it stops the run and keeps the records.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import tvm  # noqa: F401  (the import is the expensive part: pay it once per worker)
 
 
@@ -58,9 +65,13 @@ class SharedLibraryBuilder(PyBuilder):
     """Builds candidates in a persistent process pool and exports them as .so files."""
 
     def __init__(self, cross_compiler: str | None = None, max_workers: int | None = None,
-                 timeout_s: float = 120.0, tasks_per_worker: int = 256) -> None:
+                 timeout_s: float = 120.0, tasks_per_worker: int = 256,
+                 measured: MeasuredCandidates | None = None, stop: StopFlag | None = None,
+                 ) -> None:
         super().__init__()
         self.cross_compiler = cross_compiler
+        self.measured = measured
+        self.stop = stop or StopFlag()
         self.max_workers = max_workers or max(1, len(os.sched_getaffinity(0)))
         self.timeout_s = timeout_s
         self.tasks_per_worker = tasks_per_worker
@@ -86,27 +97,41 @@ class SharedLibraryBuilder(PyBuilder):
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         import tvm
 
+        self.stop.check()
+        replayed = [self.measured.replay_artifact(inp.mod) if self.measured else None
+                    for inp in build_inputs]
         pool = self._get_pool()
-        futures = [
-            pool.submit(_build_one, tvm.ir.save_json(inp.mod), tvm.ir.save_json(inp.target),
-                        self.cross_compiler, self.artifact_dir)
-            for inp in build_inputs
-        ]
+        futures = {
+            i: pool.submit(_build_one, tvm.ir.save_json(inp.mod), tvm.ir.save_json(inp.target),
+                           self.cross_compiler, self.artifact_dir)
+            for i, inp in enumerate(build_inputs) if replayed[i] is None
+        }
         results = []
-        for future in futures:
-            try:
-                path, error = future.result(timeout=self.timeout_s)
-            except cf.TimeoutError:
-                path, error = None, f"build timed out after {self.timeout_s:.0f} s"
-                self._restart_pool()
-            except cf.process.BrokenProcessPool:
-                path, error = None, "build worker crashed"
-                self._restart_pool()
-            except cf.CancelledError:  # cancelled by a restart after another candidate hung
-                path, error = None, "build cancelled after a worker restart"
+        for i in range(len(build_inputs)):
+            if replayed[i] is not None:
+                results.append(BuilderResult(replayed[i], None))
+                continue
+            path, error = self._result(futures[i])
             results.append(BuilderResult(path, error))
-        self.builds += len(build_inputs)
+        self.builds += len(futures)
         return results
+
+    def _result(self, future: cf.Future) -> tuple[str | None, str | None]:
+        deadline = time.monotonic() + self.timeout_s
+        # Poll so that Ctrl-C (which only sets the stop flag) ends a long batch promptly.
+        while not future.done():
+            self.stop.check()
+            if time.monotonic() > deadline:
+                self._restart_pool()
+                return None, f"build timed out after {self.timeout_s:.0f} s"
+            cf.wait([future], timeout=0.25)
+        try:
+            return future.result()
+        except cf.process.BrokenProcessPool:
+            self._restart_pool()
+            return None, "build worker crashed"
+        except cf.CancelledError:  # cancelled by a restart after another candidate hung
+            return None, "build cancelled after a worker restart"
 
     def _restart_pool(self) -> None:
         if self._pool is not None:

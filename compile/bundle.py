@@ -16,10 +16,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from tvmc_attend.targets import Board
-
 from tvmc_attend import attend_runtime
 from tvmc_attend.errors import UserError
+from tvmc_attend.targets import Board
 
 from .build import export_library
 from .frontend import ImportedModel

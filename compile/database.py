@@ -20,9 +20,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tvmc_attend.targets import Board
-
 from tvmc_attend.errors import UserError
+from tvmc_attend.targets import Board
 
 INFO_FILE = "tuning.json"
 WORKLOAD_FILE = "database_workload.json"

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tvmc_attend.relay_ops import fix_torch_nearest_resize
-
 from tvmc_attend.errors import UserError
+from tvmc_attend.relay_ops import fix_torch_nearest_resize
 
 
 @dataclass

@@ -16,25 +16,15 @@ from typing import Any
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
 from tvmc_attend.targets import Board
 
 from .builder import SharedLibraryBuilder
+from .replay import MeasuredCandidates, ReplayingRunner
+from .stop import StopFlag
 
 # Errors that mean the device, not the candidate, failed.
 _DEVICE_ERRORS = ("RPC", "Timeout", "onnect", "ocket", "Broken pipe", "EOF")
-
-
-class TuningStopped(Exception):
-    """Raised inside MetaSchedule's loop to end a run early, keeping its records."""
-
-    MARKER = "[tvmc-attend stop]"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"{self.MARKER} {reason}")
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 def _direct_session(host: str, port: int, _config: Any) -> Any:
@@ -50,10 +40,13 @@ class MeasureEnvironment:
     runner: Any
     description: str
     remote: bool
+    stop: StopFlag
+    measured: MeasuredCandidates
 
     def progress_callback(self, states: list, result: Any,
                           on_progress: Callable | None, start: float) -> Any:
-        return ProgressCallback(states, result, on_progress, start, self.remote)
+        return ProgressCallback(states, result, on_progress, start, self.remote, self.stop,
+                                self.measured)
 
     def close(self) -> None:
         self.builder.close()
@@ -68,17 +61,28 @@ def _evaluator_config(board: Board) -> Any:
                                      enable_cpu_cache_flush=False)
 
 
-def make_measure_environment(board: Board, remote: Any = None) -> MeasureEnvironment:
-    """Builder and runner for ``board``; ``remote`` is a device.RemoteSpec for boards."""
+def check_device(remote: Any) -> int:
+    """Connect once (fail fast with the device layer's one-line advice); return how many
+    devices can measure in parallel."""
+    from tvmc_attend.device import connect
+    from tvmc_attend.device import tracker as tracker_client
+
+    session = connect(remote)
+    del session
+    if not remote.via_tracker:
+        return 1
+    info = tracker_client.summary(remote.tracker_host, remote.tracker_port)
+    return max(1, tracker_client.server_count(info, remote.key))
+
+
+def make_measure_environment(board: Board, remote: Any, measured: MeasuredCandidates,
+                             stop: StopFlag, workers: int = 1) -> MeasureEnvironment:
+    """Builder and runner for ``board``; ``remote`` (a device.RemoteSpec) for boards."""
     if remote is None:
-        builder = SharedLibraryBuilder(cross_compiler=None)
-        runner = ms.runner.LocalRunner(evaluator_config=_evaluator_config(board), timeout_sec=60)
-        return MeasureEnvironment(builder, runner, "local", remote=False)
-
-    from tvmc_attend.device import connect, count_devices
-
-    connect(remote)  # fail fast, with the device layer's one-line advice, before any work
-    workers = count_devices(remote)
+        inner = ms.runner.LocalRunner(evaluator_config=_evaluator_config(board), timeout_sec=60)
+        builder = SharedLibraryBuilder(cross_compiler=None, measured=measured, stop=stop)
+        return MeasureEnvironment(builder, ReplayingRunner(inner, measured), "local",
+                                  remote=False, stop=stop, measured=measured)
     if remote.tracker_host:
         config = ms.runner.RPCConfig(tracker_host=remote.tracker_host,
                                      tracker_port=remote.tracker_port, tracker_key=remote.key,
@@ -89,10 +93,12 @@ def make_measure_environment(board: Board, remote: Any = None) -> MeasureEnviron
         config = ms.runner.RPCConfig(tracker_host="unused", tracker_port=0, tracker_key="unused",
                                      session_timeout_sec=600)
         create_session = functools.partial(_direct_session, remote.host, remote.port)
-    runner = ms.runner.RPCRunner(rpc_config=config, evaluator_config=_evaluator_config(board),
-                                 f_create_session=create_session, max_workers=workers)
-    builder = SharedLibraryBuilder(cross_compiler=board.cross_compiler)
-    return MeasureEnvironment(builder, runner, remote.describe(), remote=True)
+    inner = ms.runner.RPCRunner(rpc_config=config, evaluator_config=_evaluator_config(board),
+                                f_create_session=create_session, max_workers=workers)
+    builder = SharedLibraryBuilder(cross_compiler=board.cross_compiler, measured=measured,
+                                   stop=stop)
+    return MeasureEnvironment(builder, ReplayingRunner(inner, measured), remote.describe(),
+                              remote=True, stop=stop, measured=measured)
 
 
 @derived_object
@@ -100,8 +106,11 @@ class ProgressCallback(PyMeasureCallback):
     """Updates task states after each measured batch and stops the run if the device is lost."""
 
     def __init__(self, states: list, result: Any, on_progress: Callable | None,
-                 start: float, remote: bool) -> None:
+                 start: float, remote: bool, stop: StopFlag,
+                 measured: MeasuredCandidates) -> None:
         super().__init__()
+        self.stop = stop
+        self.measured = measured
         self.states = states
         self.result = result
         self.on_progress = on_progress
@@ -111,7 +120,9 @@ class ProgressCallback(PyMeasureCallback):
     def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list,
               builder_results: list, runner_results: list) -> None:
         state = self.states[task_id]
-        state.measured += len(measure_candidates)
+        replays = sum(1 for b in builder_results if self.measured.is_replay(b.artifact_path))
+        state.replayed += replays
+        state.measured += len(measure_candidates) - replays
         device_errors = 0
         for run in runner_results:
             if run.error_msg is None and run.run_secs:
@@ -127,10 +138,10 @@ class ProgressCallback(PyMeasureCallback):
         self.result.seconds = time.perf_counter() - self.start
         if self.on_progress:
             self.on_progress(self.result)
-        built = sum(1 for b in builder_results if b.error_msg is None)
+        built = sum(1 for b in builder_results if b.error_msg is None) - replays
         if self.remote and built and device_errors == built:
-            raise TuningStopped(
+            self.stop.request(
                 f"lost the RPC device after {self.result.new_trials} trials this run (every "
-                "candidate of the last batch failed to reach it); all records measured so far "
-                "are kept: reconnect the device and rerun the same command to resume"
+                "candidate of the last batch failed to reach it); reconnect the device"
             )
+        self.stop.check()

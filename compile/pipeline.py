@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tvmc_attend.errors import UserError
 from tvmc_attend.relay_ops import fold_for_inference
 from tvmc_attend.targets import Board
 
 from .build import build_executable, require_cross_compiler
 from .bundle import TuningInfo, write_bundle
+from .database import TuningDatabase
 from .frontend import ImportedModel, ModelSource, import_model
 
 
@@ -28,11 +31,50 @@ def prepare_model(source: ModelSource) -> PreparedModel:
     return PreparedModel(imported=imported, mod=fold_for_inference(imported.mod))
 
 
-def compile_bundle(source: ModelSource, board: Board, out_dir: str,
-                   database: Any = None, tuning: TuningInfo | None = None) -> dict[str, Any]:
-    """Compile ``source`` for ``board`` into the bundle ``out_dir``; return its metadata."""
+def open_database(board: Board, model_name: str, log_dir: str | None,
+                  database_dir: str | None) -> tuple[Any, TuningInfo, list[str]]:
+    """The tuning database to build with, how it is recorded, and warnings for the user.
+
+    An explicit ``database_dir`` must exist and match the target; the default one
+    (``<log_dir>/<target>/<model>``) is used when present, else the build is untuned.
+    """
+    warnings: list[str] = []
+    db_dir = (TuningDatabase(database_dir) if database_dir
+              else TuningDatabase.for_model(log_dir, board, model_name))
+    if not db_dir.exists():
+        if database_dir:
+            raise UserError(f"no tuning database at {database_dir}; tune first or drop "
+                            "--database")
+        warnings.append(f"no tuning database at {db_dir.path}: building untuned (run "
+                        f"`tvmc-attend tune --model {model_name} --target {board.name}`)")
+        return None, TuningInfo(), warnings
+    info = db_dir.check_target(board)
+    database = db_dir.open(board, model_name)
+    records = len(database)
+    if info.emulated:
+        warnings.append(f"{db_dir.path} was tuned on an emulated board: its schedules were "
+                        "chosen by emulated timings; retune on a real "
+                        f"{board.name} for deployment")
+    tuning = TuningInfo(tuned=records > 0, database=db_dir.path, records=records,
+                        emulated=info.emulated, extra={"devices": info.devices})
+    return database, tuning, warnings
+
+
+def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: bool = False,
+                   log_dir: str | None = None, database_dir: str | None = None,
+                   warn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Compile ``source`` for ``board`` into the bundle ``out_dir``; return its metadata.
+
+    The (target, model) tuning database is applied unless ``untuned``.
+    """
     require_cross_compiler(board)  # fail before minutes of import and build
     prepared = prepare_model(source)
+    database, tuning = None, TuningInfo()
+    if not untuned:
+        database, tuning, warnings = open_database(board, prepared.imported.name, log_dir,
+                                                   database_dir)
+        for message in warnings:
+            warn(f"warning: {message}")
     executable = build_executable(prepared.mod, board, database=database)
     return write_bundle(out_dir, prepared.imported, board, executable, tuning=tuning,
                         fused_dcac=prepared.fused_dcac)

@@ -16,15 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tvmc_attend.targets import Board
-
 from tvmc_attend.errors import UserError
+from tvmc_attend.targets import Board
 
 from .build import fuse_for_tuning
 from .database import TuningDatabase, count_records
 from .frontend import ModelSource
-from .measure import MeasureEnvironment, TuningStopped, make_measure_environment
-from .pipeline import prepare_model
+from .intrinsics import load_tensor_intrinsics
+from .measure import MeasureEnvironment, check_device, make_measure_environment
+from .pipeline import PreparedModel, prepare_model
+from .replay import MeasuredCandidates
+from .stop import StopFlag, StopRequested
 
 MS_LOGGER = "tvm.s_tir.meta_schedule"
 
@@ -33,9 +35,23 @@ MS_LOGGER = "tvm.s_tir.meta_schedule"
 class TuneOptions:
     trials: int = 200
     trials_per_task: int | None = None
-    trials_per_round: int = 16
+    trials_per_round: int | None = None  # default: as many as lets every task have a round
     seed: int = 0
     log_dir: str | None = None
+    # MetaSchedule's defaults (population 512, 4 genetic rounds) spend ~18 s of a 2-core
+    # machine on each search round, several times the build+measure time of 16 candidates.
+    # A smaller population evolves for fewer generations per round, but rounds are cheap.
+    population_size: int = 128
+    genetic_num_iters: int = 2
+
+    def search_strategy(self) -> Any:
+        from tvm.s_tir import meta_schedule as ms
+
+        return ms.search_strategy.EvolutionarySearch(
+            population_size=self.population_size,
+            init_min_unmeasured=min(50, self.population_size // 2),
+            genetic_num_iters=self.genetic_num_iters,
+        )
 
 
 @dataclass
@@ -47,12 +63,13 @@ class TaskState:
     budget: int
     previous: int
     measured: int = 0
+    replayed: int = 0  # offered again by the search, answered from the database
     best_ms: float | None = None
     errors: int = 0
 
     @property
     def done(self) -> int:
-        return self.previous + self.measured
+        return self.previous + self.measured + self.replayed
 
 
 @dataclass
@@ -66,6 +83,7 @@ class TuneResult:
     stopped: str | None = None  # why the run ended early (Ctrl-C, lost device), if it did
     emulated: bool = False
     device: str = "local"
+    budget: int = 0
 
     @property
     def trials_per_minute(self) -> float:
@@ -103,92 +121,114 @@ def _best_ms(database: Any, task_mod: Any) -> float | None:
 def tune_model(source: ModelSource, board: Board, options: TuneOptions,
                remote: Any = None, emulated: bool = False,
                on_progress: ProgressHook | None = None) -> TuneResult:
-    """Extract the model's tasks and tune them for ``board``; measure locally or over RPC."""
-    from tvm.s_tir import meta_schedule as ms
+    """Import ``source``, then tune it (see ``tune_prepared``)."""
+    _require_device(board, remote)
+    return tune_prepared(prepare_model(source), board, options, remote=remote,
+                         emulated=emulated, on_progress=on_progress)
 
+
+def _require_device(board: Board, remote: Any) -> None:
     if board.is_remote and remote is None:
         raise UserError(
             f"target {board.name} is a board: tuning needs one to measure on. Pass "
             "--rpc-tracker HOST:PORT --rpc-key KEY or --rpc-host HOST:PORT (start an emulated "
             f"board with `tvmc-attend device emulate --board {board.name}`), or use --emulate"
         )
-    measure_env = make_measure_environment(board, remote)  # fails fast without a device
-    prepared = prepare_model(source)
+
+
+def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
+                  remote: Any = None, emulated: bool = False,
+                  on_progress: ProgressHook | None = None) -> TuneResult:
+    """Extract the tasks of a prepared Relax module and tune them for ``board``, measuring
+    locally (host) or over RPC (``remote``: a device.RemoteSpec)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    _require_device(board, remote)
+    workers = check_device(remote) if remote is not None else 1
     target = board.tvm_target()
     extracted = ms.relax_integration.extract_tasks(fuse_for_tuning(prepared.mod, board), target)
     if not extracted:
-        raise UserError(f"{source.name} has no tunable operators")
+        raise UserError(f"{prepared.imported.name} has no tunable operators")
+    device = remote.describe() if remote is not None else "local"
     db_dir = TuningDatabase.for_model(options.log_dir, board, prepared.imported.name)
     database = db_dir.open(board, prepared.imported.name, create=True, emulated=emulated,
-                           device=measure_env.description)
+                           device=device)
     task_mods = [task.dispatched[0] for task in extracted]
     previous = count_records(database, task_mods)
+    per_round = options.trials_per_round or _default_per_round(options.trials, len(extracted))
     per_task = options.trials_per_task or max(
-        options.trials_per_round, math.ceil(options.trials / len(extracted)))
+        per_round, math.ceil(options.trials / len(extracted)))
     states = [
         TaskState(name=task.task_name, weight=float(task.weight), budget=per_task,
                   previous=min(prev, per_task), best_ms=_best_ms(database, mod))
         for task, mod, prev in zip(extracted, task_mods, previous, strict=True)
     ]
     result = TuneResult(model=prepared.imported.name, board=board.name, database=db_dir.path,
-                        tasks=states, emulated=emulated, device=measure_env.description)
+                        tasks=states, emulated=emulated, device=device)
     global_budget = max(0, options.trials - sum(s.previous for s in states))
+    result.budget = min(options.trials, sum(s.budget for s in states))
     pending = [i for i, s in enumerate(states) if s.done < s.budget]
     if not pending or global_budget == 0:
         if on_progress:
             on_progress(result)
-        measure_env.close()
         return result
 
     log_dir = os.path.join(db_dir.path, "logs")
     _quiet_metaschedule(log_dir)
+    load_tensor_intrinsics(board)
+    measured = MeasuredCandidates.from_database(database, [task_mods[i] for i in pending])
+    stop = StopFlag()
+    measure_env = make_measure_environment(board, remote, measured, stop, workers=workers)
     start = time.perf_counter()
-    try:
-        # Tasks with the same remaining budget are tuned together by one gradient scheduler;
-        # after an interrupted run there are at most a few such groups.
-        for remaining, group in _group_by_remaining(states, pending):
-            group_budget = min(global_budget, remaining * len(group))
-            if group_budget <= 0:
-                break
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                [extracted[i] for i in group], work_dir=db_dir.path,
-                strategy="evolutionary", num_threads=board.thread_count()
-                if not board.is_remote else len(os.sched_getaffinity(0)),
-                seed=options.seed)
-            callback = measure_env.progress_callback(
-                [states[i] for i in group], result, on_progress, start)
-            ms.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=db_dir.path,
-                max_trials_global=group_budget, max_trials_per_task=remaining,
-                num_trials_per_iter=options.trials_per_round,
-                builder=measure_env.builder, runner=measure_env.runner, database=database,
-                cost_model=ms.cost_model.XGBModel(
-                    extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
-                    num_tuning_cores=len(os.sched_getaffinity(0))),
-                measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
-                task_scheduler="gradient",
-            )
-            global_budget -= sum(states[i].measured for i in group)
-    except KeyboardInterrupt:
-        result.stopped = "interrupted (Ctrl-C)"
-    except TuningStopped as stop:
-        result.stopped = str(stop)
-    except Exception as err:  # a stop raised inside a callback comes back wrapped by the FFI
-        if "KeyboardInterrupt" in str(err):
-            result.stopped = "interrupted (Ctrl-C)"
-        elif TuningStopped.MARKER in str(err):
-            result.stopped = str(err).split(TuningStopped.MARKER, 1)[1].strip().splitlines()[0]
-        else:
-            raise
-    finally:
-        result.seconds = time.perf_counter() - start
-        measure_env.close()
+    with stop.on_sigint():
+        try:
+            # Tasks with the same remaining budget are tuned together by one gradient scheduler;
+            # after an interrupted run there are at most a few such groups.
+            for remaining, group in _group_by_remaining(states, pending):
+                group_budget = min(global_budget, remaining * len(group))
+                if group_budget <= 0:
+                    break
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    [extracted[i] for i in group], work_dir=db_dir.path,
+                    strategy=options.search_strategy(), num_threads=board.thread_count()
+                    if not board.is_remote else len(os.sched_getaffinity(0)),
+                    seed=options.seed)
+                callback = measure_env.progress_callback(
+                    [states[i] for i in group], result, on_progress, start)
+                ms.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=db_dir.path,
+                    max_trials_global=group_budget, max_trials_per_task=remaining,
+                    num_trials_per_iter=per_round,
+                    builder=measure_env.builder, runner=measure_env.runner, database=database,
+                    cost_model=ms.cost_model.XGBModel(
+                        extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
+                        num_tuning_cores=len(os.sched_getaffinity(0))),
+                    measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
+                    task_scheduler="gradient",
+                )
+                global_budget -= sum(states[i].measured + states[i].replayed for i in group)
+        except (StopRequested, RuntimeError):
+            # Our callbacks unwind MetaSchedule's loop by raising; the FFI turns that into a
+            # bare RuntimeError, so the flag, not the exception, says whether this was a stop.
+            if stop.reason is None:
+                raise
+            result.stopped = stop.reason
+        finally:
+            result.seconds = time.perf_counter() - start
+            measure_env.close()
     for state, mod in zip(states, task_mods, strict=True):
         state.best_ms = _best_ms(database, mod) or state.best_ms
     result.new_trials = sum(s.measured for s in states)
     if on_progress:
         on_progress(result)
     return result
+
+
+def _default_per_round(trials: int, num_tasks: int) -> int:
+    """Candidates per search round. A task with no record stays unscheduled (CPU builds have
+    no fallback schedule), which costs far more than a mediocre schedule: so first make sure
+    every task gets one round, then use up to 16 per round (the search step is amortised)."""
+    return max(2, min(16, trials // max(1, num_tasks)))
 
 
 def _group_by_remaining(states: list[TaskState],
@@ -199,4 +239,5 @@ def _group_by_remaining(states: list[TaskState],
     return sorted(groups.items(), key=lambda kv: -kv[0])
 
 
-__all__ = ["TaskState", "TuneOptions", "TuneResult", "MeasureEnvironment", "tune_model"]
+__all__ = ["TaskState", "TuneOptions", "TuneResult", "MeasureEnvironment", "tune_model",
+           "tune_prepared"]

@@ -53,6 +53,7 @@ def build_int8_dot(board_name: str, out_dir: Path) -> Path:
     import tvm
     from tvm import te
     from tvm.support import cc
+
     from tvmc_attend.targets import get_board
 
     board = get_board(board_name)
@@ -219,9 +220,8 @@ def test_tracker_cli_foreground():
 
 
 def test_device_serve_foreground(tmp_path):
-    from tvmc_attend.targets import get_board
-
     from tvmc_attend.cli.doctor import build_vector_add, run_vector_add
+    from tvmc_attend.targets import get_board
 
     port = free_port()
     proc = subprocess.Popen([*CLI, "device", "serve", "--port", str(port)],
@@ -301,9 +301,8 @@ def test_doctor_passes_on_emulated_rpi4(emulated_rpi4):
 
 @pytest.mark.emulated
 def test_cross_compiled_module_runs_remotely(emulated_rpi4, tmp_path):
-    from tvmc_attend.targets import get_board
-
     from tvmc_attend.cli.doctor import build_vector_add, run_vector_add
+    from tvmc_attend.targets import get_board
 
     lib = build_vector_add(get_board("rpi4"), tmp_path)
     assert lib.read_bytes()[18] == 0xB7  # ELF e_machine EM_AARCH64: really cross-compiled

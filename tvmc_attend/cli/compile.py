@@ -14,6 +14,10 @@ def compile_command(
     target: str = options.TARGET,
     output: str = typer.Option(..., "--output", "-o", help="Bundle directory to write."),
     untuned: bool = typer.Option(False, "--untuned", help="Ignore tuning databases."),
+    log_dir: str | None = typer.Option(None, "--log-dir",
+                                       help="Database root (default ./tuning_logs)."),
+    database: str | None = typer.Option(None, "--database",
+                                        help="A database directory to apply instead."),
     input_size: int | None = options.INPUT_SIZE,
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
@@ -26,9 +30,10 @@ def compile_command(
     board = get_board(target)
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
     start = time.perf_counter()
-    meta = compile_bundle(source, board, output)
+    meta = compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,
+                          database_dir=database, warn=lambda m: typer.echo(m, err=True))
     elapsed = time.perf_counter() - start
-    how = "tuned" if meta["tuned"] else "untuned"
+    how = (f"tuned, {meta['tuning']['records']} records" if meta["tuned"] else "untuned")
     typer.echo(f"compiled {meta['model']} for {board.name} ({meta['target']['triple']}, {how}) "
                f"in {elapsed:.1f} s -> {output}")
     typer.echo(f"  input {meta['input']['name']} {meta['input']['shape']} "

@@ -35,8 +35,7 @@ def task_table(result, title: str) -> Table:
 def summary_line(result) -> str:
     label = " (emulated)" if result.emulated else ""
     done = sum(t.done for t in result.tasks)
-    budget = sum(t.budget for t in result.tasks)
-    return (f"trials {done}/{budget} ({result.new_trials} new, "
+    return (f"trials {done}/{result.budget} ({result.new_trials} new, "
             f"{result.trials_per_minute:.1f} trials/min) | estimated latency{label} "
             f"{_fmt_ms(result.estimated_ms)} ms | {result.seconds:.0f} s on {result.device}")
 
@@ -47,8 +46,9 @@ def tune_command(
     trials: int = typer.Option(200, "--trials", min=1, help="Total trial budget (all tasks)."),
     trials_per_task: int | None = typer.Option(
         None, "--trials-per-task", min=1, help="Per-task cap (default: trials / tasks)."),
-    trials_per_round: int = typer.Option(16, "--trials-per-round", min=1,
-                                         help="Candidates measured per search round."),
+    trials_per_round: int | None = typer.Option(
+        None, "--trials-per-round", min=1,
+        help="Candidates per search round (default: 2-16, so that every task gets one)."),
     log_dir: str | None = typer.Option(None, "--log-dir",
                                        help="Database root (default ./tuning_logs)."),
     input_size: int | None = options.INPUT_SIZE,

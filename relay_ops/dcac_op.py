@@ -1,0 +1,230 @@
+"""The fused double-condensing attention condenser (DC-AC): its shape record and TE computation.
+
+Unfused, a DC-AC block is eleven graph ops, and the gate at the end (resize -> sigmoid ->
+multiply -> multiply -> add) runs at full resolution: one sigmoid per pixel of V although the
+attention values live on a map 16x smaller. The fused operator computes
+
+    T = 1 + S * sigmoid(A0)                  on the condensed map (N, C, H2, W2)
+    out = V * T[nearest(h), nearest(w)]      in one pass over V
+
+which equals ``V + S * (V * sigmoid(resize(A0)))`` (the nearest resize only copies values), so
+the full-resolution pass is one multiply per element and the sigmoids shrink by the
+condensation factor. Nearest indices come from TOPI's own resize helpers, so they are the ones
+the unfused ``resize2d`` uses, for any map size (7x7 -> 4x4 -> 2x2 -> 7x7 included).
+
+Stages (block names are what ``schedules/`` schedules):
+  q1p   max-pool V (ceil mode: windows clipped to the map), written into a zero-padded buffer
+  k1    grouped conv over q1p (reduction)
+  q2p   max-pool of SiLU(k1 + b1), zero-padded (each k1 element falls in one window, so the
+        SiLU is computed once per element however it is scheduled)
+  k2    grouped conv over q2p (reduction)
+  k2a   SiLU(k2 + b2)
+  a0    1x1 conv (reduction)
+  t     1 + s * sigmoid(a0 + b3)
+  tw    t widened to the full width (condensed height), so the gate reads rows contiguously
+  dcac  V * tw[nearest(h)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Block attributes read by MetaSchedule: the output block carries our rule's name; the other
+# blocks carry "None", which keeps MetaSchedule's generic rules off them (the rule schedules
+# the whole operator from the output block).
+SCHEDULE_RULE = "dcac"
+OUTPUT_BLOCK = "dcac"
+# PrimFunc attribute marking our operator (and the spec it was built from) for schedules/.
+FUNC_ATTR = "tvmc_attend.dcac"
+# Relax's OpPatternKind::kOpaque: FuseOps must not merge the operator with its neighbours,
+# or its task would no longer be the operator our schedule space is written for.
+OP_PATTERN_OPAQUE = 8
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A max pool without padding; windows that run past the map (ceil mode) are clipped."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    out: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A stride-1, dilation-1 NCHW/OIHW conv; ``padding`` is (top, left, bottom, right)."""
+
+    out_channels: int
+    in_channels: int
+    groups: int
+    kernel: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    out: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class DCACSpec:
+    """Everything that shapes the fused operator (weights are arguments, not part of it)."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    pool1: Pool
+    conv1: Conv
+    pool2: Pool
+    conv2: Conv
+    expand_in: int  # the 1x1 expansion conv: expand_in -> channels
+    dtype: str = "float32"
+
+    @property
+    def embed(self) -> int:
+        return self.conv1.out_channels
+
+    @property
+    def condensed(self) -> tuple[int, int]:
+        return self.conv2.out
+
+    @property
+    def name(self) -> str:
+        h2, w2 = self.condensed
+        return (f"dcac_n{self.batch}_c{self.channels}_e{self.embed}_{self.height}x{self.width}"
+                f"_to_{h2}x{w2}")
+
+    def weight_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the weight arguments, in call order: w1, b1, w2, b2, w3, b3, s."""
+        c1, c2 = self.conv1, self.conv2
+        return [
+            (c1.out_channels, c1.in_channels // c1.groups, *c1.kernel), (c1.out_channels,),
+            (c2.out_channels, c2.in_channels // c2.groups, *c2.kernel), (c2.out_channels,),
+            (self.channels, self.expand_in), (self.channels,), (self.channels,),
+        ]
+
+
+def _pool_padded(data: Any, pool: Pool, pad: tuple[int, int, int, int], in_hw: tuple[int, int],
+                 name: str, act: Any = None) -> Any:
+    """Max pool of ``act(data)`` written into a zero border of ``pad`` for the next conv.
+
+    The window is unrolled into a max expression (pools are 2x2) rather than a reduction, so
+    that the block stays spatial: a schedule may inline it or compute it anywhere."""
+    from functools import reduce
+
+    from tvm import te, tirx
+
+    n, c = data.shape[0], data.shape[1]
+    (ph, pw), (sh, sw), (oh, ow) = pool.size, pool.stride, pool.out
+    top, left, bottom, right = pad
+    act = act or (lambda v, _c: v)
+    lowest = tirx.min_value(data.dtype)
+    # Only ceil-mode windows at the far edge can run past the map.
+    clip_y = in_hw[0] - (oh - 1) * sh < ph
+    clip_x = in_hw[1] - (ow - 1) * sw < pw
+
+    def window(b: Any, ch: Any, i: Any, j: Any) -> Any:
+        values = []
+        for dy in range(ph):
+            for dx in range(pw):
+                y, x = i * sh + dy, j * sw + dx
+                bounds = ([y < in_hw[0]] if clip_y and dy else []) + \
+                    ([x < in_hw[1]] if clip_x and dx else [])
+                v = act(data[b, ch, te.min(y, in_hw[0] - 1), te.min(x, in_hw[1] - 1)]
+                        if bounds else data[b, ch, y, x], ch)
+                values.append(tirx.Select(tirx.all(*bounds), v, lowest) if bounds else v)
+        return reduce(te.max, values)
+
+    def padded(b: Any, ch: Any, i: Any, j: Any) -> Any:
+        inside = tirx.all(i >= top, i < top + oh, j >= left, j < left + ow)
+        return tirx.if_then_else(inside, window(b, ch, i - top, j - left),
+                                 tirx.const(0, data.dtype))
+
+    return te.compute((n, c, oh + top + bottom, ow + left + right), padded, name=name)
+
+
+def _grouped_conv(data: Any, weight: Any, conv: Conv, name: str) -> Any:
+    from tvm import te
+
+    n = data.shape[0]
+    cin = conv.in_channels // conv.groups
+    cout = conv.out_channels // conv.groups
+    kh, kw = conv.kernel
+    rc = te.reduce_axis((0, cin), name=f"{name}_rc")
+    ry = te.reduce_axis((0, kh), name=f"{name}_ry")
+    rx = te.reduce_axis((0, kw), name=f"{name}_rx")
+    return te.compute(
+        (n, conv.out_channels, *conv.out),
+        lambda b, o, i, j: te.sum(
+            data[b, o // cout * cin + rc, i + ry, j + rx] * weight[o, rc, ry, rx],
+            axis=[rc, ry, rx]),
+        name=name)
+
+
+def _silu(x: Any) -> Any:
+    from tvm import te
+
+    return x * te.sigmoid(x)
+
+
+def _nearest(size_in: int, size_out: int) -> Any:
+    """The nearest source index for an output index, exactly as TOPI's resize2d computes it
+    (asymmetric coordinates, floor rounding, clipped)."""
+    from tvm import te, tirx
+    from tvm.topi.image.resize import can_convert_multiply_to_intdiv, get_closest_index, get_inx
+
+    src, dst = tirx.const(size_in, "int32"), tirx.const(size_out, "int32")
+    int_div = can_convert_multiply_to_intdiv(src, dst)
+
+    def index(x: Any) -> Any:
+        nearest = get_closest_index(get_inx(x, src, dst, "asymmetric", use_int_div=int_div),
+                                    "floor", None, use_int_div=int_div)
+        return te.max(te.min(nearest, size_in - 1), 0)
+
+    return index
+
+
+def dcac_compute(spec: DCACSpec) -> tuple[list[Any], Any]:
+    """TE placeholders (V, w1, b1, w2, b2, w3, b3, s) and the output tensor of the block."""
+    from tvm import te
+
+    dt = spec.dtype
+    v = te.placeholder((spec.batch, spec.channels, spec.height, spec.width), dt, name="v")
+    w1, b1, w2, b2, w3, b3, s = (
+        te.placeholder(shape, dt, name=name)
+        for shape, name in zip(spec.weight_shapes(), ("w1", "b1", "w2", "b2", "w3", "b3", "s"),
+                               strict=True))
+    q1p = _pool_padded(v, spec.pool1, spec.conv1.padding, (spec.height, spec.width), "q1p")
+    k1 = _grouped_conv(q1p, w1, spec.conv1, "k1")
+    q2p = _pool_padded(k1, spec.pool2, spec.conv2.padding, spec.conv1.out, "q2p",
+                          act=lambda x, ch: _silu(x + b1[ch]))
+    k2 = _grouped_conv(q2p, w2, spec.conv2, "k2")
+    k2a = te.compute(k2.shape, lambda b, e, i, j: _silu(k2[b, e, i, j] + b2[e]), name="k2a")
+    re = te.reduce_axis((0, spec.expand_in), name="a0_re")
+    h2, w2_ = spec.condensed
+    a0 = te.compute((spec.batch, spec.channels, h2, w2_),
+                    lambda b, c, i, j: te.sum(k2a[b, re, i, j] * w3[c, re], axis=re), name="a0")
+    t = te.compute(a0.shape, lambda b, c, i, j: 1.0 + s[c] * te.sigmoid(a0[b, c, i, j] + b3[c]),
+                   name="t")
+    near_h, near_w = _nearest(h2, spec.height), _nearest(w2_, spec.width)
+    tw = te.compute((spec.batch, spec.channels, h2, spec.width),
+                    lambda b, c, i, x: t[b, c, i, near_w(x)], name="tw")
+    out = te.compute(v.shape, lambda b, c, y, x: v[b, c, y, x] * tw[b, c, near_h(y), x],
+                     name=OUTPUT_BLOCK)
+    return [v, w1, b1, w2, b2, w3, b3, s], out
+
+
+def dcac_prim_func(spec: DCACSpec) -> Any:
+    """The operator as an (unscheduled) TensorIR PrimFunc, annotated for MetaSchedule."""
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    inputs, out = dcac_compute(spec)
+    func = te.create_prim_func([*inputs, out])
+    sch = Schedule(func)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        rule = SCHEDULE_RULE if sch.get(block).name_hint == OUTPUT_BLOCK else "None"
+        sch.annotate(block, "schedule_rule", rule)
+    # No global symbol: the module that adds the function names it (see dcac_pattern).
+    return sch.mod["main"].without_attr("global_symbol").with_attrs({
+        "op_pattern": OP_PATTERN_OPAQUE,
+        FUNC_ATTR: spec.name,
+    })

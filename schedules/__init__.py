@@ -1,0 +1,27 @@
+"""Schedules and MetaSchedule search-space rules for our custom operators, per ISA.
+
+Importing this package registers, for every ISA in ``dcac_isa.ISAS``, the MetaSchedule custom
+rule ``s_tir.meta_schedule.<target key>.dcac`` that the fused DC-AC operator's output block
+names in its ``schedule_rule`` attribute.
+"""
+
+from .dcac import VARIANTS, FixedKnobs, SampledKnobs, schedule_dcac
+from .dcac_isa import ISAS, DCACIsa, isa_for_target
+from .default import apply_default_schedules, default_schedule
+from .registry import register_rules, rule_name
+
+register_rules()
+
+__all__ = [
+    "ISAS",
+    "VARIANTS",
+    "DCACIsa",
+    "FixedKnobs",
+    "SampledKnobs",
+    "apply_default_schedules",
+    "default_schedule",
+    "isa_for_target",
+    "register_rules",
+    "rule_name",
+    "schedule_dcac",
+]
