@@ -48,7 +48,15 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
         warnings.append(f"no tuning database at {db_dir.path}: building untuned (run "
                         f"`tvmc-attend tune --model {model_name} --target {board.name}`)")
         return None, TuningInfo(), warnings
-    info = db_dir.check_target(board)
+    try:
+        info = db_dir.check_target(board)
+    except UserError as err:
+        if database_dir:  # asked for by name: refusing is the only safe answer
+            raise
+        # The default database was tuned on another machine (e.g. a committed host database
+        # and a different CPU): its schedules may not even run here, so build untuned.
+        warnings.append(f"{err}; building untuned")
+        return None, TuningInfo(), warnings
     database = db_dir.open(board, model_name)
     records = len(database)
     if info.emulated:
