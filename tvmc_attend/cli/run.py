@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import typer
 
 from tvmc_attend.errors import UserError
 
 from . import options
+from .remote import resolve_remote
 
 
 def run_command(
@@ -20,13 +23,14 @@ def run_command(
     rpc_tracker: str | None = options.RPC_TRACKER,
     rpc_key: str | None = options.RPC_KEY,
     rpc_host: str | None = options.RPC_HOST,
+    emulate: bool = options.EMULATE,
 ) -> None:
     """Run a bundle locally or on an RPC device; print top-5 and the median latency."""
     from tvmc_attend import attend_runtime
     from tvmc_attend.compile.inputs import imagenet_labels, load_input, top_k
 
     meta = _read_metadata(bundle)
-    session, where = _remote_session(meta, rpc_tracker, rpc_key, rpc_host)
+    session, where, emulated = _remote_session(meta, rpc_tracker, rpc_key, rpc_host, emulate)
     try:
         model = attend_runtime.load(bundle, remote=session, threads=threads)
         x = load_input(input_path, model.input_shape, model.input_dtype)
@@ -46,7 +50,7 @@ def run_command(
             typer.echo(f"  {rank}. class {idx:4d}  p={prob:.4f}{name}")
     else:
         typer.echo(f"output {list(y.shape)}: mean {y.mean():.4g}, std {y.std():.4g}")
-    label = " (emulated)" if where.startswith("emulated") else ""
+    label = " (emulated)" if emulated else ""
     typer.echo(f"latency{label}: {stats}")
     if output_path:
         typer.echo(f"output saved to {output_path}")
@@ -62,16 +66,18 @@ def _read_metadata(bundle: str) -> dict:
 
 
 def _remote_session(meta: dict, rpc_tracker: str | None, rpc_key: str | None,
-                    rpc_host: str | None):
-    """Connect to the device named by the RPC options, if any; say where we run."""
-    if not (rpc_tracker or rpc_host):
-        return None, "local"
-    from tvmc_attend.device import RemoteSpec, connect
+                    rpc_host: str | None, emulate: bool) -> tuple[Any, str, bool]:
+    """(session or None, where it runs, emulated?) for the RPC flags."""
     from tvmc_attend.targets import get_board
 
-    key = rpc_key or get_board(meta["target"]["name"]).rpc_key
-    spec = RemoteSpec.parse(rpc_tracker=rpc_tracker, rpc_key=key, rpc_host=rpc_host)
-    return connect(spec), f"remote {spec}"
+    board = get_board(meta["target"]["name"])
+    remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
+    if remote is None:
+        return None, "local", False
+    from tvmc_attend.device import connect
+
+    where = f"{'emulated board, ' if emulated else ''}{remote.describe()}"
+    return connect(remote), where, emulated
 
 
 def register(app: typer.Typer) -> None:
