@@ -17,3 +17,4 @@ RPC_KEY = typer.Option(None, "--rpc-key", help="Device key at the tracker (defau
 RPC_HOST = typer.Option(None, "--rpc-host", help="A single RPC server HOST:PORT.")
 EMULATE = typer.Option(False, "--emulate",
                        help="Use (starting if needed) an emulated board for the target.")
+LOG_DIR = typer.Option(None, "--log-dir", help="Tuning database root (default ./tuning_logs).")

@@ -49,8 +49,7 @@ def tune_command(
     trials_per_round: int | None = typer.Option(
         None, "--trials-per-round", min=1,
         help="Candidates per search round (default: 2-16, so that every task gets one)."),
-    log_dir: str | None = typer.Option(None, "--log-dir",
-                                       help="Database root (default ./tuning_logs)."),
+    log_dir: str | None = options.LOG_DIR,
     input_size: int | None = options.INPUT_SIZE,
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
