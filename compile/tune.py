@@ -8,11 +8,13 @@ so Ctrl-C or a lost device keeps every record measured so far.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +110,21 @@ def _quiet_metaschedule(log_dir: str) -> None:
     logger.setLevel(logging.CRITICAL)
 
 
+@contextlib.contextmanager
+def _native_stderr_to(path: str) -> Iterator[None]:
+    """Send C++ warnings (TVM logs schedule-rule notices straight to fd 2) to a log file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _best_ms(database: Any, task_mod: Any) -> float | None:
     if not database.has_workload(task_mod):
         return None
@@ -123,8 +140,13 @@ def tune_model(source: ModelSource, board: Board, options: TuneOptions,
                on_progress: ProgressHook | None = None) -> TuneResult:
     """Import ``source``, then tune it (see ``tune_prepared``)."""
     _require_device(board, remote)
+    # Fail before the import (minutes for a large model): no device, another target's database.
+    workers = check_device(remote) if remote is not None else 1
+    db_dir = TuningDatabase.for_model(options.log_dir, board, source.name)
+    if db_dir.exists():
+        db_dir.check_target(board)
     return tune_prepared(prepare_model(source), board, options, remote=remote,
-                         emulated=emulated, on_progress=on_progress)
+                         emulated=emulated, on_progress=on_progress, workers=workers)
 
 
 def _require_device(board: Board, remote: Any) -> None:
@@ -138,13 +160,16 @@ def _require_device(board: Board, remote: Any) -> None:
 
 def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
                   remote: Any = None, emulated: bool = False,
-                  on_progress: ProgressHook | None = None) -> TuneResult:
+                  on_progress: ProgressHook | None = None,
+                  workers: int | None = None) -> TuneResult:
     """Extract the tasks of a prepared Relax module and tune them for ``board``, measuring
-    locally (host) or over RPC (``remote``: a device.RemoteSpec)."""
+    locally (host) or over RPC (``remote``: a device.RemoteSpec). ``workers``: devices that
+    measure in parallel, when the caller has already checked the device."""
     from tvm.s_tir import meta_schedule as ms
 
     _require_device(board, remote)
-    workers = check_device(remote) if remote is not None else 1
+    if workers is None:
+        workers = check_device(remote) if remote is not None else 1
     target = board.tvm_target()
     extracted = ms.relax_integration.extract_tasks(fuse_for_tuning(prepared.mod, board), target)
     if not extracted:
@@ -180,9 +205,9 @@ def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
     stop = StopFlag()
     measure_env = make_measure_environment(board, remote, measured, stop, workers=workers)
     start = time.perf_counter()
-    with stop.on_sigint():
+    with stop.on_sigint(), _native_stderr_to(os.path.join(log_dir, "native.log")):
         try:
-            # Tasks with the same remaining budget are tuned together by one gradient scheduler;
+            # Tasks with the same remaining budget are tuned together by one task scheduler;
             # after an interrupted run there are at most a few such groups.
             for remaining, group in _group_by_remaining(states, pending):
                 group_budget = min(global_budget, remaining * len(group))
@@ -204,7 +229,11 @@ def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
                         extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
                         num_tuning_cores=len(os.sched_getaffinity(0))),
                     measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
-                    task_scheduler="gradient",
+                    # Not "gradient": it joins no measurement until every task has had its
+                    # first round, so the database stays empty (and the progress at zero)
+                    # for most of a short run, and Ctrl-C there would lose every trial.
+                    # Round-robin records each task's results as soon as they are ready.
+                    task_scheduler="round-robin",
                 )
                 global_budget -= sum(states[i].measured + states[i].replayed for i in group)
         except (StopRequested, RuntimeError):
