@@ -14,14 +14,16 @@ import platform
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tvmc_attend import attend_runtime
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
 from .build import export_library
-from .frontend import ImportedModel
+
+if TYPE_CHECKING:  # the frontend imports TVM; `compile -o` is checked before that
+    from .frontend import ImportedModel
 
 LOADER_SOURCE = attend_runtime.__file__
 
@@ -62,7 +64,7 @@ def _metadata(imported: ImportedModel, board: Board, library: str, sha256: str,
     }
 
 
-def _check_replaceable(out_dir: str) -> None:
+def check_output_dir(out_dir: str) -> None:
     """Only an earlier bundle (or an empty directory) may be overwritten."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"output '{out_dir}' is a file; pass a directory path to -o")
@@ -77,7 +79,7 @@ def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable
     """Export ``executable`` into the bundle directory ``out_dir``; return its metadata."""
     tuning = tuning or TuningInfo()
     out_dir = os.path.abspath(out_dir)
-    _check_replaceable(out_dir)
+    check_output_dir(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".bundle-", dir=parent)

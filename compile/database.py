@@ -40,6 +40,7 @@ def write_json_atomic(path: str, data: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a database is shared and committed
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -155,15 +156,24 @@ def _drop_torn_lines(path: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
         with os.fdopen(fd, "w") as f:
             f.write("".join(line + "\n" for line in good))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 
 
+FAILED_SECS = 1e9  # MetaSchedule records a candidate that failed to build or run with 1e10 s
+
+
 def count_records(database: Any, task_mods: list[Any]) -> list[int]:
-    """How many measured records the database holds for each task's workload."""
+    """How many measured records the database holds for each task's workload.
+
+    Failed candidates do not count: when the device is lost, every candidate of the last
+    batches fails and is recorded so, and a rerun must measure those again, not skip them."""
     from tvm_ffi import structural_hash
 
     counts_by_hash: dict[int, int] = {}
     for record in database.get_all_tuning_records():
+        if not record.run_secs or min(float(s) for s in record.run_secs) >= FAILED_SECS:
+            continue
         key = structural_hash(record.workload.mod)
         counts_by_hash[key] = counts_by_hash.get(key, 0) + 1
     return [counts_by_hash.get(structural_hash(mod), 0) for mod in task_mods]

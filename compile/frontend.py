@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tvmc_attend.errors import UserError
-from tvmc_attend.relay_ops import fix_torch_nearest_resize
 
 
 @dataclass
@@ -83,6 +82,8 @@ def _relax_io(mod: Any) -> tuple[str, tuple[int, ...], str, tuple[int, ...], str
 
 def _from_exported_program(exported: Any) -> Any:
     from tvm.relax.frontend.torch import from_exported_program
+
+    from tvmc_attend.relay_ops import fix_torch_nearest_resize  # imports TVM: not at load time
 
     try:
         # unwrap_unit_return_tuple: a tuple result has no .numpy() over RPC.

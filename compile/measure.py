@@ -25,13 +25,25 @@ from .stop import StopFlag
 
 # Errors that mean the device, not the candidate, failed.
 _DEVICE_ERRORS = ("RPC", "Timeout", "onnect", "ocket", "Broken pipe", "EOF")
+SESSION_TIMEOUT_S = 600
 
 
 def _direct_session(host: str, port: int, _config: Any) -> Any:
     """Session factory for --rpc-host (no tracker): MetaSchedule pickles it into its workers."""
     from tvm import rpc
 
-    return rpc.connect(host, port, session_timeout=600)
+    return rpc.connect(host, port, session_timeout=SESSION_TIMEOUT_S)
+
+
+def _tracker_session(tracker_host: str, tracker_port: int, key: str, _config: Any) -> Any:
+    """Session factory for --rpc-tracker. MetaSchedule's own asks the tracker with no timeout
+    (its worker pool has none either): once the device under the key is gone, the tracker
+    queues the request forever and tuning hangs. This one fails at once when no device is
+    registered under the key, and after SESSION_TIMEOUT_S when all are busy."""
+    from tvmc_attend.device import RemoteSpec, connect
+
+    spec = RemoteSpec(tracker_host=tracker_host, tracker_port=tracker_port, key=key)
+    return connect(spec, timeout_s=SESSION_TIMEOUT_S, session_timeout_s=SESSION_TIMEOUT_S)
 
 
 @dataclass
@@ -86,12 +98,13 @@ def make_measure_environment(board: Board, remote: Any, measured: MeasuredCandid
     if remote.tracker_host:
         config = ms.runner.RPCConfig(tracker_host=remote.tracker_host,
                                      tracker_port=remote.tracker_port, tracker_key=remote.key,
-                                     session_timeout_sec=600)
-        create_session = None
+                                     session_timeout_sec=SESSION_TIMEOUT_S)
+        create_session = functools.partial(_tracker_session, remote.tracker_host,
+                                           remote.tracker_port, remote.key)
     else:
         # RPCRunner only knows trackers; the config is unused by the direct factory.
         config = ms.runner.RPCConfig(tracker_host="unused", tracker_port=0, tracker_key="unused",
-                                     session_timeout_sec=600)
+                                     session_timeout_sec=SESSION_TIMEOUT_S)
         create_session = functools.partial(_direct_session, remote.host, remote.port)
     inner = ms.runner.RPCRunner(rpc_config=config, evaluator_config=_evaluator_config(board),
                                 f_create_session=create_session, max_workers=workers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from tvmc_attend.relay_ops import fold_for_inference
 from tvmc_attend.targets import Board
 
 from .build import build_executable, require_cross_compiler
-from .bundle import TuningInfo, write_bundle
+from .bundle import TuningInfo, check_output_dir, write_bundle
 from .database import TuningDatabase
 from .frontend import ImportedModel, ModelSource, import_model
 
@@ -25,10 +26,22 @@ class PreparedModel:
     fused_dcac: int = 0
 
 
-def prepare_model(source: ModelSource) -> PreparedModel:
-    """Import ``source`` and apply the inference rewrites (BatchNorm folding)."""
+def prepare_model(source: ModelSource, fuse_dcac: bool = True) -> PreparedModel:
+    """Import ``source`` and apply the inference rewrites: BatchNorm folding, then (unless
+    ``fuse_dcac`` is False) the DC-AC fusion, whose blocks it could not match are logged."""
+    import logging
+
+    from tvmc_attend.relay_ops import fuse_dcac as fuse_dcac_blocks
+
     imported = import_model(source)
-    return PreparedModel(imported=imported, mod=fold_for_inference(imported.mod))
+    mod = fold_for_inference(imported.mod)
+    if not fuse_dcac:
+        return PreparedModel(imported=imported, mod=mod)
+    # After folding: the matcher expects conv + bias, not conv + batch_norm.
+    fusion = fuse_dcac_blocks(mod)
+    for reason in fusion.unmatched:
+        logging.getLogger("tvmc_attend.relay_ops").warning("DC-AC not fused: %s", reason)
+    return PreparedModel(imported=imported, mod=fusion.mod, fused_dcac=fusion.fused)
 
 
 def open_database(board: Board, model_name: str, log_dir: str | None,
@@ -76,6 +89,13 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
     The (target, model) tuning database is applied unless ``untuned``.
     """
     require_cross_compiler(board)  # fail before minutes of import and build
+    check_output_dir(os.path.abspath(out_dir))
+    if not untuned and database_dir:  # refuse a wrong --database before the import, too
+        named = TuningDatabase(database_dir)
+        if not named.exists():
+            raise UserError(f"no tuning database at {database_dir}; tune first or drop "
+                            "--database")
+        named.check_target(board)
     prepared = prepare_model(source)
     database, tuning = None, TuningInfo()
     if not untuned:

@@ -30,9 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 # Block attributes read by MetaSchedule: the output block carries our rule's name; the other
-# blocks carry "None", which keeps MetaSchedule's generic rules off them (the rule schedules
-# the whole operator from the output block).
+# blocks, root included, carry "None", which keeps MetaSchedule's generic rules off them (the
+# rule schedules the whole operator from the output block; a generic parallel/vectorize
+# annotation on the root would make the postprocessor re-parallelise our loops, and fail).
 SCHEDULE_RULE = "dcac"
 OUTPUT_BLOCK = "dcac"
 # PrimFunc attribute marking our operator (and the spec it was built from) for schedules/.
@@ -93,13 +96,49 @@ class DCACSpec:
                 f"_to_{h2}x{w2}")
 
     def weight_shapes(self) -> list[tuple[int, ...]]:
-        """Shapes of the weight arguments, in call order: w1, b1, w2, b2, w3, b3, s."""
-        c1, c2 = self.conv1, self.conv2
-        return [
-            (c1.out_channels, c1.in_channels // c1.groups, *c1.kernel), (c1.out_channels,),
-            (c2.out_channels, c2.in_channels // c2.groups, *c2.kernel), (c2.out_channels,),
-            (self.channels, self.expand_in), (self.channels,), (self.channels,),
-        ]
+        """Shapes of the weight arguments, in call order (see ``WEIGHTS``)."""
+        return [_grouped_shape(self.conv1), (self.embed,), _grouped_shape(self.conv2),
+                (self.conv2.out_channels,), (self.expand_in, self.channels), (self.channels,),
+                (self.channels,)]
+
+
+# The operator's arguments after V, in call order. Conv weights are laid out (groups, in/group,
+# kh, kw, out/group) and the expansion (in, out): the output channels are innermost, so that
+# a schedule can vectorise over output channels (small maps) as well as over columns.
+WEIGHTS = ("w1", "b1", "w2", "b2", "w3", "b3", "s")
+
+
+def _grouped_shape(conv: Conv) -> tuple[int, ...]:
+    g = conv.groups
+    return (g, conv.in_channels // g, *conv.kernel, conv.out_channels // g)
+
+
+def pack_weights(spec: DCACSpec, graph: dict[str, Any]) -> list[np.ndarray]:
+    """The operator's weight arguments from the graph's constants: conv weights in OIHW,
+    biases and the scale as anything that broadcasts per channel along NCHW axis 1, a missing
+    bias as None. Raises ValueError for a constant that is not per-channel."""
+    packed = []
+    for name, shape in zip(WEIGHTS, spec.weight_shapes(), strict=True):
+        arr = graph.get(name)
+        if arr is None:
+            packed.append(np.zeros(shape, dtype="float32"))
+        elif name in ("w1", "w2"):
+            g, cin, kh, kw, cout = shape
+            packed.append(arr.reshape(g, cout, cin, kh, kw).transpose(0, 2, 3, 4, 1))
+        elif name == "w3":
+            packed.append(arr.reshape(shape[1], shape[0]).T)
+        else:
+            packed.append(_per_channel(name, arr, shape[0]))
+    return [np.ascontiguousarray(a, dtype="float32") for a in packed]
+
+
+def _per_channel(name: str, arr: np.ndarray, channels: int) -> np.ndarray:
+    if arr.ndim > 4:
+        raise ValueError(f"{name} has rank {arr.ndim}")
+    arr4 = arr.reshape((1,) * (4 - arr.ndim) + arr.shape)
+    if arr4.shape[0] != 1 or arr4.shape[2:] != (1, 1) or arr4.shape[1] not in (1, channels):
+        raise ValueError(f"{name} {list(arr.shape)} is not a per-channel constant")
+    return np.broadcast_to(arr4.reshape(-1), (channels,))
 
 
 def _pool_padded(data: Any, pool: Pool, pad: tuple[int, int, int, int], in_hw: tuple[int, int],
@@ -142,19 +181,18 @@ def _pool_padded(data: Any, pool: Pool, pad: tuple[int, int, int, int], in_hw: t
 
 
 def _grouped_conv(data: Any, weight: Any, conv: Conv, name: str) -> Any:
+    """Grouped conv over a padded input, weight (groups, in/group, kh, kw, out/group)."""
     from tvm import te
 
     n = data.shape[0]
-    cin = conv.in_channels // conv.groups
-    cout = conv.out_channels // conv.groups
-    kh, kw = conv.kernel
+    _, cin, kh, kw, cout = _grouped_shape(conv)
     rc = te.reduce_axis((0, cin), name=f"{name}_rc")
     ry = te.reduce_axis((0, kh), name=f"{name}_ry")
     rx = te.reduce_axis((0, kw), name=f"{name}_rx")
     return te.compute(
         (n, conv.out_channels, *conv.out),
         lambda b, o, i, j: te.sum(
-            data[b, o // cout * cin + rc, i + ry, j + rx] * weight[o, rc, ry, rx],
+            data[b, o // cout * cin + rc, i + ry, j + rx] * weight[o // cout, rc, ry, rx, o % cout],
             axis=[rc, ry, rx]),
         name=name)
 
@@ -183,15 +221,14 @@ def _nearest(size_in: int, size_out: int) -> Any:
 
 
 def dcac_compute(spec: DCACSpec) -> tuple[list[Any], Any]:
-    """TE placeholders (V, w1, b1, w2, b2, w3, b3, s) and the output tensor of the block."""
+    """TE placeholders (V, then ``WEIGHTS``) and the output tensor of the block."""
     from tvm import te
 
     dt = spec.dtype
     v = te.placeholder((spec.batch, spec.channels, spec.height, spec.width), dt, name="v")
     w1, b1, w2, b2, w3, b3, s = (
         te.placeholder(shape, dt, name=name)
-        for shape, name in zip(spec.weight_shapes(), ("w1", "b1", "w2", "b2", "w3", "b3", "s"),
-                               strict=True))
+        for shape, name in zip(spec.weight_shapes(), WEIGHTS, strict=True))
     q1p = _pool_padded(v, spec.pool1, spec.conv1.padding, (spec.height, spec.width), "q1p")
     k1 = _grouped_conv(q1p, w1, spec.conv1, "k1")
     q2p = _pool_padded(k1, spec.pool2, spec.conv2.padding, spec.conv1.out, "q2p",
@@ -201,7 +238,7 @@ def dcac_compute(spec: DCACSpec) -> tuple[list[Any], Any]:
     re = te.reduce_axis((0, spec.expand_in), name="a0_re")
     h2, w2_ = spec.condensed
     a0 = te.compute((spec.batch, spec.channels, h2, w2_),
-                    lambda b, c, i, j: te.sum(k2a[b, re, i, j] * w3[c, re], axis=re), name="a0")
+                    lambda b, c, i, j: te.sum(k2a[b, re, i, j] * w3[re, c], axis=re), name="a0")
     t = te.compute(a0.shape, lambda b, c, i, j: 1.0 + s[c] * te.sigmoid(a0[b, c, i, j] + b3[c]),
                    name="t")
     near_h, near_w = _nearest(h2, spec.height), _nearest(w2_, spec.width)
@@ -220,7 +257,8 @@ def dcac_prim_func(spec: DCACSpec) -> Any:
     inputs, out = dcac_compute(spec)
     func = te.create_prim_func([*inputs, out])
     sch = Schedule(func)
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    root = sch.get_sblock("root")
+    for block in [root, *sch.get_child_blocks(root)]:
         rule = SCHEDULE_RULE if sch.get(block).name_hint == OUTPUT_BLOCK else "None"
         sch.annotate(block, "schedule_rule", rule)
     # No global symbol: the module that adds the function names it (see dcac_pattern).

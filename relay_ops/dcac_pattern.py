@@ -26,7 +26,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .dcac_op import Conv, DCACSpec, Pool, dcac_prim_func
+from .dcac_op import Conv, DCACSpec, Pool, dcac_prim_func, pack_weights
 
 
 @dataclass
@@ -111,7 +111,8 @@ class _Match:
     """The pieces of one matched block."""
 
     inner: list[relax.Var] = field(default_factory=list)  # values computed inside the block
-    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: dict[str, np.ndarray | None] = field(default_factory=dict)  # graph layouts
+    args: list[np.ndarray] = field(default_factory=list)  # the operator's layouts
 
 
 class _Matcher:
@@ -160,11 +161,12 @@ class _Matcher:
         if spec1.in_channels != c or spec3.out_channels != c or \
                 spec2.in_channels != spec1.out_channels or spec3.in_channels != spec2.out_channels:
             raise _NoMatch("channel counts do not chain")
-        m.weights["w3"] = m.weights["w3"].reshape(c, spec3.in_channels)
         spec = DCACSpec(batch=n, channels=c, height=h, width=w, pool1=pool1, conv1=spec1,
                         pool2=pool2, conv2=spec2, expand_in=spec3.in_channels)
-        for name, arr in list(m.weights.items()):
-            m.weights[name] = self._fit(name, arr, spec)
+        try:
+            m.args = pack_weights(spec, m.weights)
+        except ValueError as err:
+            raise _NoMatch(str(err)) from None
         self._check_private(m, v, out_var)
         return spec, m, v, out_var
 
@@ -250,7 +252,7 @@ class _Matcher:
     def _only_consumer(self, var: relax.Var, *ops: str) -> relax.Var:
         consumers = self.fn.consumers.get(var, [])
         if len(consumers) != 1 or self.fn.uses.get(var, 0) != 1:
-            raise _NoMatch(f"{var.name_hint} is used outside the block")
+            raise _NoMatch(f"{var.name} is used outside the block")
         consumer = consumers[0]
         self.fn.producer(consumer, *ops)
         return consumer
@@ -262,23 +264,6 @@ class _Matcher:
             raise _NoMatch(f"{what} is not a constant (bind the parameters first)")
         return value
 
-    @staticmethod
-    def _fit(name: str, arr: np.ndarray | None, spec: DCACSpec) -> np.ndarray:
-        """Bring a weight to the operator's layout: biases and the scale become per-channel
-        vectors (a missing bias is zero); a per-channel constant must broadcast along axis 1."""
-        shape = dict(zip(("w1", "b1", "w2", "b2", "w3", "b3", "s"), spec.weight_shapes(),
-                         strict=True))[name]
-        if arr is None:
-            return np.zeros(shape, dtype="float32")
-        if name.startswith("w"):
-            return arr.astype("float32")
-        if arr.ndim > 4:
-            raise _NoMatch(f"{name} has rank {arr.ndim}")
-        arr4 = arr.reshape((1,) * (4 - arr.ndim) + arr.shape)
-        if arr4.shape[0] != 1 or arr4.shape[2:] != (1, 1) or arr4.shape[1] not in (1, shape[0]):
-            raise _NoMatch(f"{name} {list(arr.shape)} is not a per-channel constant")
-        return np.broadcast_to(arr4.reshape(-1), shape).astype("float32")
-
     def _check_private(self, m: _Match, v: Any, out_var: relax.Var) -> None:
         """Every value computed inside the block must be used only inside it."""
         inner = {var for var in m.inner if not var.same_as(v)}
@@ -288,7 +273,7 @@ class _Matcher:
             # ``uses`` also counts the function's return value, which no binding consumes.
             if len(consumers) != self.fn.uses.get(var, 0) or \
                     any(c not in allowed for c in consumers):
-                raise _NoMatch(f"{var.name_hint} is used outside the block")
+                raise _NoMatch(f"{var.name} is used outside the block")
 
 
 @mutator
@@ -304,8 +289,7 @@ class _Rewriter(PyExprMutator):
     def add_match(self, spec: DCACSpec, match: _Match, v: Any, out_var: relax.Var) -> None:
         if spec not in self.funcs:  # one PrimFunc per shape: identical blocks share a task
             self.funcs[spec] = self.builder_.add_func(dcac_prim_func(spec), spec.name)
-        args = [v] + [relax.const(match.weights[k], "float32")
-                      for k in ("w1", "b1", "w2", "b2", "w3", "b3", "s")]
+        args = [v] + [relax.const(arr, "float32") for arr in match.args]
         self.calls[out_var] = relax.call_tir(self.funcs[spec], args,
                                              relax.TensorType(v.ty.shape, "float32"))
 
@@ -333,9 +317,12 @@ def fuse_dcac(mod: tvm.IRModule) -> DCACFusion:
             try:
                 rewriter.add_match(*_Matcher(fn).match(var))
             except _NoMatch as why:
-                unmatched.append(f"{gv.name_hint}: resize2d {var.name_hint}: {why}")
+                unmatched.append(f"{gv.name_hint}: resize2d {var.name}: {why}")
     if not rewriter.calls:
         return DCACFusion(mod=mod, fused=0, unmatched=unmatched)
+    # The operator's blocks name MetaSchedule rule "dcac": make sure it is registered before
+    # anyone extracts tasks from the module (imported here: schedules/ imports this package).
+    import tvmc_attend.schedules  # noqa: F401
     for gv, func in funcs:
         rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
     new_mod = relax.transform.DeadCodeElimination()(rewriter.builder_.get())

@@ -13,7 +13,7 @@ from typing import Any
 
 from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR
 
-from .dcac import TAIL_AT_GATE, FixedKnobs, schedule_dcac
+from .dcac import DEFAULT_TAIL, FixedKnobs, schedule_dcac
 from .dcac_isa import isa_for_target
 
 SCHEDULED_ATTR = "tir.is_scheduled"
@@ -30,7 +30,7 @@ def default_schedule(func: Any, target: Any) -> Any:
     from tvm.s_tir import Schedule
 
     sch = Schedule(func)
-    schedule_dcac(sch, isa_for_target(target), FixedKnobs(), TAIL_AT_GATE)
+    schedule_dcac(sch, isa_for_target(target), FixedKnobs(), DEFAULT_TAIL)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 

@@ -177,9 +177,6 @@ def load(bundle_dir: str, remote: Any = None, threads: int | None = None) -> Mod
     threads: worker threads of the TVM runtime (default: the bundle's recorded count for
              boards, all cores for the host).
     """
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
     meta = read_metadata(bundle_dir)
     lib_path = verify_library(bundle_dir, meta)
     if remote is None and meta["target"].get("remote"):
@@ -190,6 +187,9 @@ def load(bundle_dir: str, remote: Any = None, threads: int | None = None) -> Mod
                 f"({meta['target']['triple']}) and cannot run on this {host} machine; run it on "
                 "the board or pass an RPC device (--rpc-tracker/--rpc-key or --rpc-host)"
             )
+    import tvm  # after the checks above: importing TVM takes seconds
+    from tvm.runtime.vm import VirtualMachine
+
     if threads is None:
         threads = meta.get("threads")
     _configure_threads(threads, remote)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import typer
@@ -22,11 +23,16 @@ def compile_command(
     seed: int = options.SEED,
 ) -> None:
     """Compile a model for a board into a self-contained bundle directory."""
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.pipeline import compile_bundle
+    from tvmc_attend.compile.bundle import check_output_dir
     from tvmc_attend.targets import get_board
 
+    # Check the cheap things before importing TVM and torch (seconds) and the model (minutes).
     board = get_board(target)
+    check_output_dir(os.path.abspath(output))
+
+    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.pipeline import compile_bundle
+
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
     start = time.perf_counter()
     meta = compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,

@@ -17,6 +17,8 @@ VERB_MODULES = [
     "run",
     "tune",
     "benchmark",
+    "compare",
+    "explore",
     "device",
     "tracker",
     "doctor",

@@ -30,10 +30,11 @@ def run_command(
     from tvmc_attend.compile.inputs import imagenet_labels, load_input, top_k
 
     meta = _read_metadata(bundle)
+    # Read the input before connecting, uploading and loading: a bad file fails at once.
+    x = load_input(input_path, tuple(meta["input"]["shape"]), meta["input"]["dtype"])
     session, where, emulated = _remote_session(meta, rpc_tracker, rpc_key, rpc_host, emulate)
     try:
         model = attend_runtime.load(bundle, remote=session, threads=threads)
-        x = load_input(input_path, model.input_shape, model.input_dtype)
         y = model(x)
         stats = model.benchmark(x, repeat=repeat)
     except attend_runtime.BundleError as err:
@@ -74,6 +75,11 @@ def _remote_session(meta: dict, rpc_tracker: str | None, rpc_key: str | None,
     remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
     if remote is None:
         return None, "local", False
+    # Import TVM's RPC client before the tracker hands out a device: connect() imports it
+    # between the tracker request and the connection, and a board whose match key is not
+    # used within ~6 s regenerates it and refuses the session ("refused the session key").
+    import tvm.rpc  # noqa: F401
+
     from tvmc_attend.device import connect
 
     where = f"{'emulated board, ' if emulated else ''}{remote.describe()}"

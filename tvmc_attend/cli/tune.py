@@ -59,12 +59,15 @@ def tune_command(
     emulate: bool = options.EMULATE,
 ) -> None:
     """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.tune import TuneOptions, tune_model
     from tvmc_attend.targets import get_board
 
+    # Check the flags before importing TVM and torch (seconds).
     board = get_board(target)
     remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
+
+    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.tune import TuneOptions, tune_model
+
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
     opts = TuneOptions(trials=trials, trials_per_task=trials_per_task,
                        trials_per_round=trials_per_round, seed=seed, log_dir=log_dir)

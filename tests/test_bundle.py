@@ -1,0 +1,225 @@
+"""Bundles end to end: `tvmc-attend compile` writes a self-contained bundle, its own loader
+opens it and matches PyTorch, `tvmc-attend run` prints top-5 and latency for .npy, image and
+random inputs, and an rpi4 bundle holds a real aarch64 library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import (
+    EM_AARCH64,
+    EM_X86_64,
+    RTOL,
+    assert_cli_error,
+    assert_depends_on_input,
+    elf_header,
+    import_bundle_loader,
+    inputs,
+    output,
+    rel_err,
+    run_cli,
+)
+
+from tvmc_attend.models import create_model
+
+SIZE = 64
+SHAPE = (1, 3, SIZE, SIZE)
+DCAC_SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def host_bundle(tmp_path_factory) -> Path:
+    """attendnext at 64x64, compiled untuned for the host by the CLI (about a minute)."""
+    out = tmp_path_factory.mktemp("bundle") / "attendnext-host"
+    result = run_cli("compile", "--model", "attendnext", "--input-size", SIZE, "--target",
+                     "host", "-o", out, "--untuned")
+    assert result.returncode == 0, output(result)
+    assert "Traceback" not in result.stderr
+    assert "compiled attendnext for host" in result.stdout and str(out) in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def loader(host_bundle):
+    return import_bundle_loader(host_bundle)
+
+
+@pytest.fixture(scope="module")
+def loaded(host_bundle, loader):
+    return loader.load(str(host_bundle))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return create_model("attendnext", input_size=SIZE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def rpi4_bundle(tmp_path_factory) -> Path:
+    """The DC-AC block cross-compiled for rpi4 (fast: the library format is what matters)."""
+    out = tmp_path_factory.mktemp("bundle") / "dcac-rpi4"
+    result = run_cli("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target",
+                     "rpi4", "-o", out, "--untuned")
+    assert result.returncode == 0, output(result)
+    return out
+
+
+# ---------------------------------------------------------------------------- host bundle
+
+
+@pytest.mark.slow
+def test_bundle_is_self_contained(host_bundle, loader) -> None:
+    files = sorted(p.name for p in host_bundle.iterdir())
+    assert files == sorted(["attend_runtime.py", "metadata.json", "attendnext-host.so"]), files
+    source = (host_bundle / "attend_runtime.py").read_text()
+    assert not re.search(r"^\s*(from|import)\s+tvmc_attend", source, re.MULTILINE), \
+        "the bundled loader must not need the tvmc_attend package"
+    assert loader.__name__ != "tvmc_attend.attend_runtime"
+    assert elf_header(host_bundle / "attendnext-host.so")[:1] == (2,)
+    if os.uname().machine == "x86_64":
+        assert elf_header(host_bundle / "attendnext-host.so")[2] == EM_X86_64
+
+
+@pytest.mark.slow
+def test_bundle_metadata(host_bundle, loader) -> None:
+    import tvm
+
+    meta = json.loads((host_bundle / "metadata.json").read_text())
+    assert meta["format"] == loader.BUNDLE_FORMAT
+    assert meta["model"] == "attendnext" and meta["source"] == "zoo"
+    assert meta["input"] == {"name": meta["input"]["name"], "shape": list(SHAPE),
+                             "dtype": "float32"}
+    assert isinstance(meta["input"]["name"], str) and meta["input"]["name"]
+    assert meta["output"] == {"shape": [1, 1000], "dtype": "float32"}
+    assert meta["target"]["name"] == "host" and meta["target"]["remote"] is False
+    assert meta["target"]["target"]["kind"] == "llvm"
+    assert meta["target"]["target"]["mcpu"] != "native"  # resolved for this machine
+    assert meta["tvm_version"] == tvm.__version__
+    assert meta["tuned"] is False
+    assert meta["tuning"]["records"] == 0 and meta["tuning"]["database"] is None
+    assert isinstance(meta["fused_dcac"], int) and not isinstance(meta["fused_dcac"], bool)
+    library = host_bundle / meta["library"]["file"]
+    assert library.is_file()
+    assert meta["library"]["sha256"] == loader.sha256_of(str(library))
+    import hashlib
+
+    assert meta["library"]["sha256"] == hashlib.sha256(library.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_loader_matches_pytorch(loaded, reference) -> None:
+    assert loaded.input_shape == SHAPE and loaded.input_dtype == "float32"
+    xs = inputs(SHAPE)
+    refs = assert_depends_on_input(reference, xs)
+    for x, ref in zip(xs, refs, strict=True):
+        y = loaded(x)
+        assert y.shape == (1, 1000) and y.dtype == np.float32
+        err = rel_err(y, ref)
+        assert err <= RTOL, f"relative error {err:.3g} > {RTOL}"
+    stats = loaded.benchmark(xs[0], repeat=3, warmup=1)
+    assert len(stats.times_ms) == 3 and all(t > 0 for t in stats.times_ms)
+    assert stats.p10_ms <= stats.median_ms <= stats.p90_ms
+    assert "median" in str(stats)
+
+
+@pytest.mark.slow
+def test_loader_refuses_wrong_shape_and_dtype(loaded, loader) -> None:
+    with pytest.raises(loader.BundleError, match=r"input shape \(1, 3, 32, 32\) does not match"):
+        loaded(np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(loader.BundleError, match=r"dtype float64 does not match"):
+        loaded(np.zeros(SHAPE, np.float64))
+
+
+def _assert_run_report(result, where: str = "local") -> None:
+    assert result.returncode == 0, output(result)
+    assert "Traceback" not in result.stdout + result.stderr
+    out = result.stdout
+    assert f"attendnext on host ({where})" in out, out
+    assert "top-5:" in out, out
+    ranks = re.findall(r"^\s+(\d)\. class\s+(\d+)\s+p=([0-9.]+)", out, re.MULTILINE)
+    assert [r[0] for r in ranks] == ["1", "2", "3", "4", "5"], out
+    probs = [float(r[2]) for r in ranks]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert re.search(r"^latency: median [0-9.]+ ms \(p10 [0-9.]+, p90 [0-9.]+, n=\d+\)$", out,
+                     re.MULTILINE), out
+
+
+def _top_classes(stdout: str) -> list[int]:
+    return [int(c) for c in re.findall(r"^\s+\d\. class\s+(\d+)", stdout, re.MULTILINE)]
+
+
+@pytest.mark.slow
+def test_run_random_input_saves_the_output(host_bundle, loaded, tmp_path) -> None:
+    from tvmc_attend.compile.inputs import random_input
+
+    y_path = tmp_path / "y.npy"
+    result = run_cli("run", host_bundle, "--output", y_path, "--repeat", 3)
+    _assert_run_report(result)
+    assert "input random" in result.stdout and f"output saved to {y_path}" in result.stdout
+    y = np.load(y_path)
+    expected = loaded(random_input(SHAPE))
+    np.testing.assert_array_equal(y, expected)
+    assert _top_classes(result.stdout) == list(np.argsort(-expected.reshape(-1))[:5])
+
+
+@pytest.mark.slow
+def test_run_npy_input(host_bundle, loaded, reference, tmp_path) -> None:
+    x = inputs(SHAPE, n=1, seed=7)[0]
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("run", host_bundle, "--input", tmp_path / "x.npy", "--output",
+                     tmp_path / "y.npy", "--repeat", 2)
+    _assert_run_report(result)
+    y = np.load(tmp_path / "y.npy")
+    np.testing.assert_array_equal(y, loaded(x))
+    from helpers import torch_reference
+
+    assert rel_err(y, torch_reference(reference, x)) <= RTOL
+
+
+@pytest.mark.slow
+def test_run_image_input(host_bundle, loaded, tmp_path) -> None:
+    from PIL import Image
+
+    from tvmc_attend.compile.inputs import load_input
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)  # not the model's size
+    image = tmp_path / "photo.png"
+    Image.fromarray(pixels, "RGB").save(image)
+    result = run_cli("run", host_bundle, "--input", image, "--output", tmp_path / "y.npy",
+                     "--repeat", 2)
+    _assert_run_report(result)
+    x = load_input(str(image), SHAPE)
+    assert x.shape == SHAPE and x.dtype == np.float32
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), loaded(x))
+
+
+# ---------------------------------------------------------------------------- rpi4 bundle
+
+
+def test_rpi4_bundle_is_an_aarch64_library(rpi4_bundle) -> None:
+    meta = json.loads((rpi4_bundle / "metadata.json").read_text())
+    assert meta["target"]["name"] == "rpi4" and meta["target"]["remote"] is True
+    assert meta["target"]["triple"] == "aarch64-linux-gnu"
+    assert meta["target"]["target"]["mcpu"] == "cortex-a72"
+    assert meta["threads"] == 4
+    library = rpi4_bundle / meta["library"]["file"]
+    assert library.name == "dcac-rpi4.so"
+    ei_class, ei_data, e_machine = elf_header(library)
+    assert ei_class == 2, "not a 64-bit ELF"
+    assert ei_data == 1, "not little-endian"
+    assert e_machine == EM_AARCH64, f"e_machine {e_machine}, not EM_AARCH64"
+    assert (rpi4_bundle / "attend_runtime.py").is_file()
+
+
+@pytest.mark.skipif(os.uname().machine in ("aarch64", "arm64"), reason="runs natively on arm64")
+def test_rpi4_bundle_run_without_device_is_a_clear_error(rpi4_bundle) -> None:
+    result = run_cli("run", rpi4_bundle, timeout=120)
+    assert_cli_error(result, "compiled for rpi4", "aarch64-linux-gnu",
+                     f"cannot run on this {os.uname().machine} machine", "--rpc-tracker")

@@ -1,0 +1,226 @@
+"""Tuning on this host: `tvmc-attend tune` writes a (target, model) database that `compile`
+applies, a rerun measures nothing new, a database of another target is refused, and Ctrl-C
+stops a run cleanly with every record kept and a rerun resuming from them.
+
+The DC-AC block at 16x16 (6 tasks) keeps every run to a minute or two on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import (
+    RTOL,
+    assert_cli_error,
+    assert_depends_on_input,
+    import_bundle_loader,
+    inputs,
+    kill_group,
+    output,
+    record_count,
+    rel_err,
+    run_cli,
+    start_cli,
+    tune_summary,
+    wait_until,
+)
+
+from tvmc_attend.targets import get_board
+
+pytestmark = pytest.mark.slow
+
+MODEL, SIZE = "dcac", 16
+SHAPE = (1, 40, SIZE, SIZE)
+TUNE = ("tune", "--model", MODEL, "--input-size", str(SIZE), "--target", "host")
+
+
+@dataclass
+class Tuned:
+    log_dir: Path
+    database: Path
+    stdout: str
+
+
+def tune(log_dir: Path, trials: int, *extra: str, timeout: float = 900):
+    return run_cli(*TUNE, "--trials", str(trials), "--log-dir", log_dir, *extra,
+                   timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> Tuned:
+    log_dir = tmp_path_factory.mktemp("tune") / "logs"
+    result = tune(log_dir, 12)
+    assert result.returncode == 0, output(result)
+    assert "Traceback" not in result.stdout + result.stderr
+    return Tuned(log_dir, log_dir / "host" / MODEL, result.stdout)
+
+
+def test_tune_writes_the_database(tuned) -> None:
+    db = tuned.database
+    for name in ("tuning.json", "database_workload.json", "database_tuning_record.json"):
+        assert (db / name).is_file(), name
+    assert (db / "tuning.json").stat().st_mode & 0o044 == 0o044, "not readable by others"
+    info = json.loads((db / "tuning.json").read_text())
+    assert info["model"] == MODEL and info["target_name"] == "host"
+    assert info["target"] == get_board("host").resolved_target_dict()
+    assert info["emulated"] is False and info["devices"] == ["local"]
+    done, budget, new = tune_summary(tuned.stdout)
+    assert 0 < new <= done <= budget <= 12
+    assert 0 < record_count(db) <= 12
+    assert f"database: {db}" in tuned.stdout
+    assert "dcac on host" in tuned.stdout and "trials/min" in tuned.stdout
+    # every record is a real measurement (MetaSchedule writes 1e10 s for failures)
+    for line in (db / "database_tuning_record.json").read_text().splitlines():
+        run_secs = json.loads(line)[1][1]
+        assert run_secs and max(run_secs) < 1.0, line
+
+
+def test_compile_applies_the_database(tuned, tmp_path) -> None:
+    records = record_count(tuned.database)
+    bundle = tmp_path / "tuned"
+    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+                     "--log-dir", tuned.log_dir, "-o", bundle)
+    assert result.returncode == 0, output(result)
+    assert f"tuned, {records} records" in result.stdout, result.stdout
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert meta["tuned"] is True
+    assert meta["tuning"]["records"] == records > 0
+    assert meta["tuning"]["database"] == str(tuned.database)
+    assert meta["tuning"]["emulated"] is False
+
+    from tvmc_attend.models import create_model
+
+    reference = create_model(MODEL, input_size=SIZE, seed=0)
+    xs = inputs(SHAPE)
+    refs = assert_depends_on_input(reference, xs)
+    model = import_bundle_loader(bundle).load(str(bundle))
+    for x, ref in zip(xs, refs, strict=True):
+        err = rel_err(model(x), ref)
+        assert err <= RTOL, f"relative error {err:.3g} > {RTOL}"
+
+
+def test_untuned_flag_ignores_the_database(tuned, tmp_path) -> None:
+    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.pipeline import compile_bundle
+
+    warnings: list[str] = []
+    meta = compile_bundle(ModelSource(MODEL, input_size=SIZE), get_board("host"),
+                          str(tmp_path / "b"), untuned=True, log_dir=str(tuned.log_dir),
+                          warn=warnings.append)
+    assert meta["tuned"] is False and meta["tuning"]["database"] is None and not warnings
+
+
+def test_rerun_measures_nothing_new(tuned) -> None:
+    before = record_count(tuned.database)
+    done_before, _budget, _new = tune_summary(tuned.stdout)
+    result = tune(tuned.log_dir, 12)
+    assert result.returncode == 0, output(result)
+    done, budget, new = tune_summary(result.stdout)
+    assert new == 0 and "(0 new," in result.stdout, result.stdout
+    assert done >= done_before
+    replayed = done - done_before  # candidates the search offered again, answered from the db
+    grown = record_count(tuned.database) - before
+    assert 0 <= grown <= replayed, (grown, replayed)
+
+
+def test_compile_refuses_a_database_of_another_target(tuned, tmp_path) -> None:
+    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "rpi4",
+                     "--database", tuned.database, "-o", tmp_path / "out")
+    assert_cli_error(result, f"tuning database {tuned.database} was tuned for target host",
+                     "not rpi4")
+    assert not (tmp_path / "out").exists()
+
+
+def _foreign_copy(tuned: Tuned, root: Path, **changes) -> Path:
+    """A copy of the host database whose tuning.json claims another target."""
+    db = root / "host" / MODEL
+    shutil.copytree(tuned.database, db)
+    info = json.loads((db / "tuning.json").read_text())
+    info.update(changes)
+    (db / "tuning.json").write_text(json.dumps(info))
+    return db
+
+
+def test_log_dir_with_a_database_of_another_target(tuned, tmp_path) -> None:
+    """tune refuses to add to it; compile (default database, not named with --database)
+    warns and builds untuned rather than apply schedules chosen for another target."""
+    rpi4 = get_board("rpi4")
+    db = _foreign_copy(tuned, tmp_path / "logs", target_name="rpi4",
+                       target=rpi4.resolved_target_dict())
+    records = record_count(db)
+    result = tune(tmp_path / "logs", 12)
+    assert_cli_error(result, f"tuning database {db} was tuned for target rpi4", "not host")
+    assert record_count(db) == records
+    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+                     "--log-dir", tmp_path / "logs", "-o", tmp_path / "out")
+    assert result.returncode == 0, output(result)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any("was tuned for target rpi4" in w and "building untuned" in w
+               for w in warnings), output(result)
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["tuned"] is False and meta["tuning"]["database"] is None
+    assert record_count(db) == records
+
+
+def test_named_database_from_another_host_cpu_is_refused(tuned, tmp_path) -> None:
+    """Same preset name, other CPU (a database copied from another machine)."""
+    target = dict(get_board("host").resolved_target_dict(), mcpu="cortex-a53")
+    db = _foreign_copy(tuned, tmp_path / "logs", target=target)
+    start = time.monotonic()
+    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+                     "--database", db, "-o", tmp_path / "out")
+    assert_cli_error(result, "was tuned for target host", "cortex-a53")
+    assert time.monotonic() - start < 60  # refused before the import and build
+    assert not (tmp_path / "out").exists()
+
+
+def _interrupt(proc, database: Path, more_than: int, timeout_s: float = 600) -> tuple[int, str]:
+    """Wait for records beyond ``more_than``, then Ctrl-C (SIGINT to the process group, as a
+    terminal does); return (records seen before the signal, stdout + stderr)."""
+    wait_until(lambda: record_count(database) > more_than, timeout_s,
+               f"more than {more_than} records", proc=proc)
+    seen = record_count(database)
+    os.killpg(proc.pid, signal.SIGINT)
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=90)
+    elapsed = time.monotonic() - start
+    text = out + err
+    assert proc.returncode == 130, f"exit {proc.returncode}\n{text}"
+    assert elapsed < 60, f"took {elapsed:.0f} s to stop"
+    assert "stopped: interrupted" in text, text
+    assert "rerun the same command to resume" in text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    return seen, out
+
+
+def test_ctrl_c_keeps_the_records_and_a_rerun_resumes(tmp_path) -> None:
+    log_dir = tmp_path / "logs"
+    database = log_dir / "host" / MODEL
+    # small rounds: the first records (and the stop) come after a batch of 2, not of 10
+    args = (*TUNE, "--trials", "64", "--trials-per-round", "2", "--log-dir", log_dir)
+
+    proc = start_cli(*args)
+    try:
+        seen, out = _interrupt(proc, database, 0)
+    finally:
+        kill_group(proc)
+    kept = record_count(database)
+    assert kept >= seen >= 1
+    done, _budget, new = tune_summary(out)
+    assert 1 <= new == done <= kept, out  # a first run: everything it did is new
+
+    proc = start_cli(*args)
+    try:
+        _seen, out = _interrupt(proc, database, kept)
+    finally:
+        kill_group(proc)
+    done, _budget, new = tune_summary(out)
+    assert done - new >= kept, f"the rerun started from scratch:\n{out}"
+    assert record_count(database) > kept
