@@ -43,8 +43,8 @@ from .tune import TuneOptions, tune_prepared
 DEFAULT_MODELS = ("attendnext", "mobilenetv3_large_100", "mobileone_s1", "fbnetc_100",
                   "mobilevit_xs")
 REL_TOL = 1e-5  # TVM vs PyTorch, relative to the largest output magnitude
-NUMERICS_RULE = (f"TVM within relative {REL_TOL:g} of PyTorch's float32 output, or no further "
-                 "from PyTorch's float64 output than PyTorch's own float32 output is")
+NUMERICS_RULE = (f"TVM within relative max({REL_TOL:g}, 2 x floor) of PyTorch's float32 output, "
+                 "where floor is that output's own distance to PyTorch's float64 output")
 COLUMNS = ("tvm", "onnxruntime", "torch")  # JSON keys of the latency columns
 
 
@@ -82,12 +82,11 @@ class ModelResult:
 
     @property
     def numerics_ok(self) -> bool:
-        """See NUMERICS_RULE: a deep random-init network can sit ~1e-5 from the exact answer in
-        float32 (FBNet-C: 1.2e-5), so two correct float32 runtimes may differ by more."""
+        """See NUMERICS_RULE. A deep random-init network can sit ~1e-5 from the exact answer in
+        float32 (FBNet-C at 128x128: 1.2e-5), and two float32 runtimes each that close to it
+        can differ by twice that; a real miscompile is orders of magnitude further off."""
         err = self.variants["tvm"].max_rel_err
-        if err is not None and err <= REL_TOL:
-            return True
-        return self.tvm_fp64_err is not None and self.tvm_fp64_err <= self.torch_fp64_err
+        return err is not None and err <= max(REL_TOL, 2 * self.torch_fp64_err)
 
     def median_ms(self, column: str) -> float | None:
         variant = self.variants.get(column)

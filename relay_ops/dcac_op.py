@@ -7,16 +7,16 @@ attention values live on a map 16x smaller. The fused operator computes
     T = 1 + S * sigmoid(A0)                  on the condensed map (N, C, H2, W2)
     out = V * T[nearest(h), nearest(w)]      in one pass over V
 
-which equals ``V + S * (V * sigmoid(resize(A0)))`` (the nearest resize only copies values), so
-the full-resolution pass is one multiply per element and the sigmoids shrink by the
-condensation factor. Nearest indices come from TOPI's own resize helpers, so they are the ones
-the unfused ``resize2d`` uses, for any map size (7x7 -> 4x4 -> 2x2 -> 7x7 included).
+which equals ``V + S * (V * sigmoid(resize(A0)))`` up to float rounding (the nearest resize only
+copies values), so the full-resolution pass is one multiply per element and the sigmoids
+shrink by the condensation factor. Nearest indices come from TOPI's own resize helpers, so
+they are the ones the unfused ``resize2d`` uses, for any map size (7x7 -> 4x4 -> 2x2 -> 7x7).
 
 Stages (block names are what ``schedules/`` schedules):
   q1p   max-pool V (ceil mode: windows clipped to the map), written into a zero-padded buffer
   k1    grouped conv over q1p (reduction)
-  q2p   max-pool of SiLU(k1 + b1), zero-padded (each k1 element falls in one window, so the
-        SiLU is computed once per element however it is scheduled)
+  q2p   max-pool of SiLU(k1 + b1), zero-padded (with 2x2/2 pools each k1 element falls in
+        one window, so the SiLU is computed once per element however it is scheduled)
   k2    grouped conv over q2p (reduction)
   k2a   SiLU(k2 + b2)
   a0    1x1 conv (reduction)
@@ -38,11 +38,13 @@ import numpy as np
 # annotation on the root would make the postprocessor re-parallelise our loops, and fail).
 SCHEDULE_RULE = "dcac"
 OUTPUT_BLOCK = "dcac"
-# PrimFunc attribute marking our operator (and the spec it was built from) for schedules/.
+# PrimFunc attribute marking our operator for schedules/ (its value: the operator's name).
 FUNC_ATTR = "tvmc_attend.dcac"
 # Relax's OpPatternKind::kOpaque: FuseOps must not merge the operator with its neighbours,
 # or its task would no longer be the operator our schedule space is written for.
 OP_PATTERN_OPAQUE = 8
+# Floats per vector register on the widest ISA we schedule for (AVX2; NEON has 4).
+VECTOR_FLOATS = 8
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,25 @@ class Conv:
     kernel: tuple[int, int]
     padding: tuple[int, int, int, int]
     out: tuple[int, int]
+
+    @property
+    def group_out(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def group_out_computed(self) -> int:
+        """Output channels per group as the operator computes them: rounded up to whole
+        8-float vectors when that wastes at most 1/8 (AttendNeXt's stage 4: 23 -> 24, a zero
+        weight column), so a schedule can vectorise over them without a ragged 23-lane
+        vector; otherwise exact."""
+        rounded = -(-self.group_out // VECTOR_FLOATS) * VECTOR_FLOATS
+        return rounded if rounded * 8 <= self.group_out * 9 else self.group_out
+
+    def channel(self, real: Any) -> Any:
+        """Index of a real output channel in the computed (possibly padded) channels."""
+        if self.group_out_computed == self.group_out:
+            return real
+        return real // self.group_out * self.group_out_computed + real % self.group_out
 
 
 @dataclass(frozen=True)
@@ -97,8 +118,9 @@ class DCACSpec:
 
     def weight_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the weight arguments, in call order (see ``WEIGHTS``)."""
+        computed2 = self.conv2.groups * self.conv2.group_out_computed
         return [_grouped_shape(self.conv1), (self.embed,), _grouped_shape(self.conv2),
-                (self.conv2.out_channels,), (self.expand_in, self.channels), (self.channels,),
+                (computed2,), (self.expand_in, self.channels), (self.channels,),
                 (self.channels,)]
 
 
@@ -110,7 +132,7 @@ WEIGHTS = ("w1", "b1", "w2", "b2", "w3", "b3", "s")
 
 def _grouped_shape(conv: Conv) -> tuple[int, ...]:
     g = conv.groups
-    return (g, conv.in_channels // g, *conv.kernel, conv.out_channels // g)
+    return (g, conv.in_channels // g, *conv.kernel, conv.group_out_computed)
 
 
 def pack_weights(spec: DCACSpec, graph: dict[str, Any]) -> list[np.ndarray]:
@@ -123,10 +145,17 @@ def pack_weights(spec: DCACSpec, graph: dict[str, Any]) -> list[np.ndarray]:
         if arr is None:
             packed.append(np.zeros(shape, dtype="float32"))
         elif name in ("w1", "w2"):
-            g, cin, kh, kw, cout = shape
-            packed.append(arr.reshape(g, cout, cin, kh, kw).transpose(0, 2, 3, 4, 1))
+            g, cin, kh, kw, computed = shape
+            grouped = arr.reshape(g, -1, cin, kh, kw).transpose(0, 2, 3, 4, 1)
+            pad = [(0, 0)] * 4 + [(0, computed - grouped.shape[-1])]
+            packed.append(np.pad(grouped, pad))
         elif name == "w3":
             packed.append(arr.reshape(shape[1], shape[0]).T)
+        elif name == "b2":  # per computed channel, zero on the padding
+            conv = spec.conv2
+            grouped = _per_channel(name, arr, conv.out_channels).reshape(conv.groups, -1)
+            pad = [(0, 0), (0, conv.group_out_computed - conv.group_out)]
+            packed.append(np.pad(grouped, pad).reshape(-1))
         else:
             packed.append(_per_channel(name, arr, shape[0]))
     return [np.ascontiguousarray(a, dtype="float32") for a in packed]
@@ -142,8 +171,10 @@ def _per_channel(name: str, arr: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _pool_padded(data: Any, pool: Pool, pad: tuple[int, int, int, int], in_hw: tuple[int, int],
-                 name: str, act: Any = None) -> Any:
-    """Max pool of ``act(data)`` written into a zero border of ``pad`` for the next conv.
+                 name: str, act: Any = None, channels: int | None = None,
+                 channel: Any = None) -> Any:
+    """Max pool of ``act(data)`` written into a zero border of ``pad`` for the next conv;
+    ``channels`` real channels, read from ``data`` at ``channel(c)``.
 
     The window is unrolled into a max expression (pools are 2x2) rather than a reduction, so
     that the block stays spatial: a schedule may inline it or compute it anywhere."""
@@ -151,7 +182,8 @@ def _pool_padded(data: Any, pool: Pool, pad: tuple[int, int, int, int], in_hw: t
 
     from tvm import te, tirx
 
-    n, c = data.shape[0], data.shape[1]
+    n, c = data.shape[0], channels or data.shape[1]
+    channel = channel or (lambda ch: ch)  # where real channel ``ch`` sits in ``data``
     (ph, pw), (sh, sw), (oh, ow) = pool.size, pool.stride, pool.out
     top, left, bottom, right = pad
     act = act or (lambda v, _c: v)
@@ -167,8 +199,8 @@ def _pool_padded(data: Any, pool: Pool, pad: tuple[int, int, int, int], in_hw: t
                 y, x = i * sh + dy, j * sw + dx
                 bounds = ([y < in_hw[0]] if clip_y and dy else []) + \
                     ([x < in_hw[1]] if clip_x and dx else [])
-                v = act(data[b, ch, te.min(y, in_hw[0] - 1), te.min(x, in_hw[1] - 1)]
-                        if bounds else data[b, ch, y, x], ch)
+                v = act(data[b, channel(ch), te.min(y, in_hw[0] - 1), te.min(x, in_hw[1] - 1)]
+                        if bounds else data[b, channel(ch), y, x], ch)
                 values.append(tirx.Select(tirx.all(*bounds), v, lowest) if bounds else v)
         return reduce(te.max, values)
 
@@ -181,7 +213,8 @@ def _pool_padded(data: Any, pool: Pool, pad: tuple[int, int, int, int], in_hw: t
 
 
 def _grouped_conv(data: Any, weight: Any, conv: Conv, name: str) -> Any:
-    """Grouped conv over a padded input, weight (groups, in/group, kh, kw, out/group)."""
+    """Grouped conv over a padded input, weight (groups, in/group, kh, kw, out/group); its
+    output has ``group_out_computed`` channels per group (see ``Conv.channel``)."""
     from tvm import te
 
     n = data.shape[0]
@@ -190,7 +223,7 @@ def _grouped_conv(data: Any, weight: Any, conv: Conv, name: str) -> Any:
     ry = te.reduce_axis((0, kh), name=f"{name}_ry")
     rx = te.reduce_axis((0, kw), name=f"{name}_rx")
     return te.compute(
-        (n, conv.out_channels, *conv.out),
+        (n, conv.groups * cout, *conv.out),
         lambda b, o, i, j: te.sum(
             data[b, o // cout * cin + rc, i + ry, j + rx] * weight[o // cout, rc, ry, rx, o % cout],
             axis=[rc, ry, rx]),
@@ -232,13 +265,17 @@ def dcac_compute(spec: DCACSpec) -> tuple[list[Any], Any]:
     q1p = _pool_padded(v, spec.pool1, spec.conv1.padding, (spec.height, spec.width), "q1p")
     k1 = _grouped_conv(q1p, w1, spec.conv1, "k1")
     q2p = _pool_padded(k1, spec.pool2, spec.conv2.padding, spec.conv1.out, "q2p",
-                          act=lambda x, ch: _silu(x + b1[ch]))
+                       act=lambda x, ch: _silu(x + b1[ch]), channels=spec.embed,
+                       channel=spec.conv1.channel)
     k2 = _grouped_conv(q2p, w2, spec.conv2, "k2")
+    # Over the computed channels (b2 is padded alike), so that it stays elementwise on k2.
     k2a = te.compute(k2.shape, lambda b, e, i, j: _silu(k2[b, e, i, j] + b2[e]), name="k2a")
     re = te.reduce_axis((0, spec.expand_in), name="a0_re")
     h2, w2_ = spec.condensed
-    a0 = te.compute((spec.batch, spec.channels, h2, w2_),
-                    lambda b, c, i, j: te.sum(k2a[b, re, i, j] * w3[re, c], axis=re), name="a0")
+    a0 = te.compute(
+        (spec.batch, spec.channels, h2, w2_),
+        lambda b, c, i, j: te.sum(k2a[b, spec.conv2.channel(re), i, j] * w3[re, c], axis=re),
+        name="a0")
     t = te.compute(a0.shape, lambda b, c, i, j: 1.0 + s[c] * te.sigmoid(a0[b, c, i, j] + b3[c]),
                    name="t")
     near_h, near_w = _nearest(h2, spec.height), _nearest(w2_, spec.width)

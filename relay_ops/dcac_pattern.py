@@ -282,7 +282,6 @@ class _Rewriter(PyExprMutator):
 
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
-        self.mod_ = mod
         self.calls: dict[relax.Var, relax.Call] = {}
         self.funcs: dict[DCACSpec, tvm.ir.GlobalVar] = {}
 

@@ -9,6 +9,7 @@ from .dcac import VARIANTS, FixedKnobs, SampledKnobs, schedule_dcac
 from .dcac_isa import ISAS, DCACIsa, isa_for_target
 from .default import apply_default_schedules, default_schedule
 from .registry import register_rules, rule_name
+from .seed import seed_default_records
 
 register_rules()
 
@@ -24,4 +25,5 @@ __all__ = [
     "register_rules",
     "rule_name",
     "schedule_dcac",
+    "seed_default_records",
 ]

@@ -36,7 +36,7 @@ TAIL_AT_GATE = "gate"
 VARIANTS = (TAIL_AT_ROOT, TAIL_AT_GATE)
 DEFAULT_TAIL = TAIL_AT_GATE
 UNROLL_STEPS = (0, 16, 64)
-MAX_ROW_TILE = 4
+MAX_ROW_TILE = 2  # rows per register tile: bounds sampled tiles at 2 x 8 x 4 registers
 
 
 def _divisors(n: int) -> list[int]:

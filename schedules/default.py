@@ -16,7 +16,8 @@ from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR
 from .dcac import DEFAULT_TAIL, FixedKnobs, schedule_dcac
 from .dcac_isa import isa_for_target
 
-SCHEDULED_ATTR = "tir.is_scheduled"
+# What TVM marks scheduled functions with (MetaScheduleApplyDatabase, DLight): tirx in 0.27.
+SCHEDULED_ATTR = "tirx.is_scheduled"
 
 
 def _has_record(database: Any, func: Any, target: Any, name: str) -> bool:

@@ -31,8 +31,7 @@ def cli_path() -> str:
 
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.pop("COLUMNS", None)
+    env["PYTHONUNBUFFERED"] = "1"
     env["COLUMNS"] = "200"  # rich wraps long lines at 80 columns when not on a terminal
     return env
 

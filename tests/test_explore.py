@@ -25,6 +25,10 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.models import DCAC, create_model
 from tvmc_attend.models.stats import count_params
 
+# Issue still in progress: deselected by `make test` (-m 'not wip') until it is resolved.
+pytestmark = pytest.mark.wip
+
+
 # ------------------------------------------------------------------------------- design space
 
 
