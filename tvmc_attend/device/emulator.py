@@ -197,9 +197,13 @@ def _wait_until_up(state: EmulatedBoard, proc: subprocess.Popen, timeout_s: floa
             raise UserError(f"emulated {state.board} exited during start-up "
                             f"(exit code {proc.returncode}): {_log_tail(state.log)} "
                             f"(log: {state.log})")
-        if port_open(state.host, state.port, timeout_s=1):
-            if state.tracker is None:
+        if state.tracker is None:
+            if port_open(state.host, state.port, timeout_s=1):
                 return
+        else:
+            # Registration alone proves the server listens (TVM's server binds before it
+            # registers). A bare TCP probe would be worse than useless: the server reads it as a
+            # dropped tracker link, deregisters and re-registers, which takes seconds under qemu.
             with contextlib.suppress(UserError):  # the tracker may be briefly busy
                 info = tracker_client.summary(*parse_address(state.tracker, "--tracker"))
                 if any(port == state.port for _k, _h, port in
