@@ -7,12 +7,13 @@ This is a small, reproducible stand-in, in two stages:
    reconstruction first, then random designs, then mutations of the screening front) are built
    in PyTorch; those over ``max_params`` are dropped, the rest get their MACs and their NASWOT
    score (``naswot``), the accuracy proxy.
-2. Measurement (hardware in the loop): designs are taken in order of the screening's Pareto
-   layers (proxy up, params and MACs down), compiled through our pipeline for the target and
-   timed with the bundle loader, until ``budget`` designs are measured. With a latency limit,
-   each measured design calibrates a ms-per-MAC rate for this target, and designs predicted to
-   miss the limit are skipped without compiling. Finally all measured designs are timed again,
-   interleaved, and the Pareto front (proxy up, latency and params down) is saved.
+2. Measurement (hardware in the loop): the reconstruction first, then designs in order of the
+   screening's Pareto layers (proxy up, params and MACs down), compiled through our pipeline
+   for the target and timed with the bundle loader, until ``budget`` designs are measured.
+   With a latency limit, each measured design calibrates a ms-per-MAC rate for this target,
+   and designs predicted to miss the limit are skipped without compiling. Finally all
+   measured designs are timed again, interleaved, and the Pareto front (proxy up, latency
+   and params down) is saved.
 
 Only measured latency can break reproducibility (it is noisy); the designs screened and the
 order of measurement depend on the seed alone unless a latency limit is set, and latencies
@@ -251,9 +252,12 @@ def _spread(items: list[Candidate]) -> list[Candidate]:
 
 
 def measurement_order(pool: list[Candidate]) -> list[Candidate]:
-    """Screening fronts first; inside a front, spread over the MAC range."""
-    return [c for layer in pareto_layers(pool, SCREEN_OBJECTIVES)
-            for c in _spread(sorted(layer, key=lambda c: (c.macs, c.name)))]
+    """The hand reconstruction first (the reference the search has to beat), then the
+    screening fronts; inside a front, spread over the MAC range."""
+    first = [c for c in pool if c.origin == "reconstruction"]
+    return first + [c for layer in pareto_layers([c for c in pool if c not in first],
+                                                 SCREEN_OBJECTIVES)
+                    for c in _spread(sorted(layer, key=lambda c: (c.macs, c.name)))]
 
 
 # --------------------------------------------------------------------------------- measurement
@@ -432,9 +436,9 @@ def plot(report: ExploreReport, path: str) -> None:
         front = [c for c in cands if c.on_front]
         ax.scatter([xval(c) for c in front], [c.proxy for c in front], c="#d62728", s=40,
                    label="Pareto front")
-        for c in front:
+        for i, c in enumerate(sorted(front, key=xval)):  # alternate sides: neighbours overlap
             ax.annotate(c.name.removeprefix("explore-"), (xval(c), c.proxy), fontsize=8,
-                        xytext=(4, 3), textcoords="offset points")
+                        xytext=(4, 4 if i % 2 else -11), textcoords="offset points")
         ref = [c for c in cands if c.origin == "reconstruction"]
         ax.scatter([xval(c) for c in ref], [c.proxy for c in ref], facecolors="none",
                    edgecolors="k", s=120, label="reconstruction")

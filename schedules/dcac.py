@@ -7,17 +7,21 @@ The sketch, stage by stage (block names from ``relay_ops.dcac_op``):
   accumulators in a local buffer. Output channels are split into conv groups (so a tile never
   straddles two groups and shares its input loads), then tiled; rows and columns are tiled;
   the loops run ``group, channel tile, row tile | column tile | reduction | rows, channels,
-  columns``. The vector axis is the one that fills vector registers better: columns on large
-  maps, output channels (contiguous in the weight layout) on small ones (7x7: 4-wide rows).
-  The expansion flattens rows and columns first (its 1x1 taps make the flat map contiguous).
+  vector registers, lanes``. The vector axis is the one that fills registers better: columns
+  on large maps, output channels (contiguous in the weight layout, padded to whole vectors)
+  on small ones (7x7: 4-wide rows). The expansion flattens rows and columns first (its 1x1
+  taps make the flat map contiguous). The SiLU runs in each conv's epilogue.
+- every vector loop is at most one register wide (ISA lanes), longer ones are unrolled
+  register by register: a 24- or 28-lane TVM vector measured 6-13x slower.
 - the gate (``dcac``): parallel over channel tiles, the widened gate row ``tw`` computed per
-  channel, the column loop split into a vector.
+  channel, the column loop split into vector registers.
 - where the condensed tail (``a0`` and ``t``, 1/16 of the map) is computed is a structural
   choice: at root (its own parallel loop) or inside the gate's channel-tile loop, right before
   the gate reads it (compute_at). MetaSchedule gets one design space per choice.
 
 Knobs: tile sizes are ``sample_perfect_tile`` decisions (MetaSchedule's tile-size mutator
 explores them); the unroll depth is the usual ``meta_schedule.unroll_explicit`` decision.
+Per-ISA numbers (lanes, registers) come from ``dcac_isa``.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from .dcac_isa import DCACIsa
 TAIL_AT_ROOT = "root"
 TAIL_AT_GATE = "gate"
 VARIANTS = (TAIL_AT_ROOT, TAIL_AT_GATE)
-DEFAULT_TAIL = TAIL_AT_GATE
+DEFAULT_TAIL = TAIL_AT_ROOT  # measured as fast or faster at every AttendNeXt stage
 UNROLL_STEPS = (0, 16, 64)
-MAX_ROW_TILE = 2  # rows per register tile: bounds sampled tiles at 2 x 8 x 4 registers
+MAX_ROW_TILE = 2  # rows per register tile
 
 
 def _divisors(n: int) -> list[int]:
@@ -98,19 +102,32 @@ class _Ctx:
         outer, inner = self.sch.split(loop, self.knobs.tile(self.sch, loop, max_inner, default))
         return outer, inner
 
-    def vector(self, extent: int) -> int:
-        """Default vector length: the whole extent when short, else whole registers."""
-        if extent <= self.isa.max_vector:
-            return extent
-        return _largest_divisor(extent, self.isa.max_vector, self.isa.lanes)
-
-    def registers(self, vector: int) -> int:
-        return -(-vector // self.isa.lanes)
+    def vector_length(self, extent: int) -> int:
+        """At most one register: LLVM splits a longer (or ragged) TVM vector into lane-by-lane
+        shuffles, measured 6-13x slower than the same loop cut into register-sized pieces."""
+        return _largest_divisor(extent, self.isa.lanes)
 
     def fill(self, extent: int) -> float:
         """How full the vector registers are when ``extent`` is the vector axis."""
-        vector = self.vector(extent)
-        return vector / (self.registers(vector) * self.isa.lanes)
+        return self.vector_length(extent) / self.isa.lanes
+
+    def vectorize(self, loop: Any) -> Any:
+        """Vectorise one register's worth of ``loop``; returns the loop over registers."""
+        registers, lanes = self.sch.split(loop, [None, self.vector_length(self.extent(loop))])
+        self.sch.vectorize(lanes)
+        return registers
+
+    def registers(self, extent: int) -> int:
+        """Default number of vector registers along an axis of ``extent`` in a tile."""
+        return _largest_divisor(extent // self.vector_length(extent), self.isa.tile_vectors)
+
+    def vector_tile(self, loop: Any) -> tuple[Any, Any, Any]:
+        """Split ``loop`` into (outer, registers, lanes): a number of vector registers
+        (sampled, or ``registers``), unrolled by the caller, each one register wide."""
+        extent = self.extent(loop)
+        rest, lanes = self.sch.split(loop, [None, self.vector_length(extent)])
+        outer, registers = self.tile(rest, self.isa.tile_vectors, self.registers(extent))
+        return outer, registers, lanes
 
 
 def _schedule_pool(ctx: _Ctx, name: str) -> None:
@@ -143,18 +160,19 @@ def _schedule_reduction(ctx: _Ctx, block: Any, group_size: int, flatten: bool,
         j, i = sch.fuse(i, j), None
     channels, width = ctx.extent(o), ctx.extent(j)
     acc = isa.accumulators
-    if ctx.fill(channels) > ctx.fill(width):  # vectorise over output channels
-        oco, oci = ctx.tile(o, isa.max_vector, ctx.vector(channels))
-        regs = ctx.registers(ctx.vector(channels))
+    over_channels = ctx.fill(channels) > ctx.fill(width)
+    if over_channels:  # vectorise over output channels (contiguous in the weight layout)
+        oco, ocr, lanes = ctx.vector_tile(o)
+        regs = ctx.registers(channels)
         jo, ji = ctx.tile(j, 8, _largest_divisor(width, acc // regs))
         per_row = regs * _largest_divisor(width, acc // regs)
-        inner, vector = [ji, oci], oci
+        inner = [ji, ocr, lanes]
     else:  # vectorise over columns
-        jo, ji = ctx.tile(j, isa.max_vector, ctx.vector(width))
-        regs = ctx.registers(ctx.vector(width))
-        oco, oci = ctx.tile(o, 8, _largest_divisor(channels, acc // regs))
+        jo, jr, lanes = ctx.vector_tile(j)
+        regs = ctx.registers(width)
+        oco, oci = ctx.tile(o, 16, _largest_divisor(channels, acc // regs))
         per_row = regs * _largest_divisor(channels, acc // regs)
-        inner, vector = [oci, ji], ji
+        inner = [oci, jr, lanes]
     outer = [b, *groups, oco]
     if i is not None:
         io, ii = ctx.tile(i, MAX_ROW_TILE, _largest_divisor(ctx.extent(i), acc // per_row))
@@ -165,14 +183,13 @@ def _schedule_reduction(ctx: _Ctx, block: Any, group_size: int, flatten: bool,
     if at_root:
         sch.parallel(top)
     local = sch.cache_write(block, 0, "local")
-    if vector is oci:  # accumulators with the channel axis innermost, or they are strided
+    if over_channels:  # accumulators with the channel axis innermost, or they are strided
         sch.transform_layout(block, ("write", 0), lambda n, c, h, w: (n, h, w, c))
     sch.reverse_compute_at(local, jo, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(local)[-1])
-    for loop in inner:
-        if loop is not vector:
-            sch.unroll(loop)
-    sch.vectorize(vector)
+    ctx.vectorize(sch.get_loops(local)[-1])
+    for loop in inner[:-1]:
+        sch.unroll(loop)
+    sch.vectorize(inner[-1])
     sch.decompose_reduction(block, reductions[0])
     return top
 
@@ -182,24 +199,25 @@ def _elementwise_after(ctx: _Ctx, name: str, loop: Any) -> None:
     sch = ctx.sch
     block = sch.get_sblock(name)
     sch.reverse_compute_at(block, loop, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(block)[-1])
+    ctx.vectorize(sch.get_loops(block)[-1])
 
 
 def _schedule_gate(ctx: _Ctx, tail: str) -> None:
-    sch, isa = ctx.sch, ctx.isa
+    sch = ctx.sch
     gate = sch.get_sblock(OUTPUT_BLOCK)
     b, c, y, x = sch.get_loops(gate)
-    channels, width = ctx.extent(c), ctx.extent(x)
-    xo, xi = ctx.tile(x, isa.max_vector, ctx.vector(width))
+    channels = ctx.extent(c)
+    xo, xr, lanes = ctx.vector_tile(x)
     # Channel tiles: enough parallel work for the cores, few enough to amortise the tail.
     co, ci = ctx.tile(c, 64, _largest_divisor(channels, channels // 8))
-    sch.reorder(b, co, ci, y, xo, xi)
+    sch.reorder(b, co, ci, y, xo, xr, lanes)
     top = sch.fuse(b, co)
     sch.parallel(top)
-    sch.vectorize(xi)
+    sch.unroll(xr)
+    sch.vectorize(lanes)
     widened = sch.get_sblock("tw")
     sch.compute_at(widened, ci, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(widened)[-1])
+    ctx.vectorize(sch.get_loops(widened)[-1])
     a0 = sch.get_sblock("a0")
     if tail == TAIL_AT_GATE:
         sch.compute_at(sch.get_sblock("t"), top, preserve_unit_loops=True)
@@ -225,8 +243,7 @@ def schedule_dcac(sch: Any, isa: DCACIsa, knobs: Knobs, tail: str = DEFAULT_TAIL
         block = sch.get_sblock(conv)
         top = _schedule_reduction(ctx, block, _group_size(sch, block), flatten=False,
                                   at_root=True)
-        if conv == "k2":
-            _elementwise_after(ctx, "k2a", top)
+        _elementwise_after(ctx, f"{conv}a", top)  # the SiLU, in the conv's epilogue
         _schedule_pool(ctx, pool)
     knobs.unroll(sch, sch.get_sblock("root"))
     return sch

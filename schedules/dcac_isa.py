@@ -19,7 +19,7 @@ class DCACIsa:
     name: str
     lanes: int  # float32 lanes of one vector register
     registers: int  # vector registers: bounds the register tile of the convolutions
-    max_vector: int  # longest vector loop the sketch samples (a few registers wide)
+    tile_vectors: int  # most vector registers along the vector axis of one register tile
 
     @property
     def accumulators(self) -> int:
@@ -28,8 +28,8 @@ class DCACIsa:
 
 
 ISAS: dict[str, DCACIsa] = {
-    "arm_cpu": DCACIsa(name="neon", lanes=4, registers=32, max_vector=16),
-    "cpu": DCACIsa(name="avx2", lanes=8, registers=16, max_vector=32),
+    "arm_cpu": DCACIsa(name="neon", lanes=4, registers=32, tile_vectors=4),
+    "cpu": DCACIsa(name="avx2", lanes=8, registers=16, tile_vectors=4),
 }
 
 

@@ -351,3 +351,25 @@ def test_fused_attendnext_s_runs_on_the_emulated_rpi4(emulated_rpi4, tmp_path) -
     for x, ref in zip(xs, refs, strict=True):
         assert rel_err(model(x), torch_reference(module, x)) < RTOL
         assert rel_err(model(x), ref) < RTOL
+
+
+@pytest.mark.emulated
+@pytest.mark.parametrize("channels, size", [(372, 7), (40, 28)])
+def test_neon_default_schedule_runs_on_the_emulated_rpi4(channels, size, emulated_rpi4,
+                                                         tmp_path) -> None:
+    """The default schedule for aarch64 (NEON), on the emulated Cortex-A72 (correctness only:
+    emulated timings mean nothing)."""
+    from tvmc_attend import attend_runtime
+    from tvmc_attend.compile.bundle import write_bundle
+    from tvmc_attend.compile.op_benchmark import dcac_block
+    from tvmc_attend.device import connect
+
+    block = dcac_block(channels, size, seed=0, work=str(tmp_path))
+    assert_depends_on_input(block.module, inputs(block.x.shape))
+    mod = apply_default_schedules(block.fused.mod, RPI4.tvm_target())
+    assert dcac_funcs(mod)[0].attrs[SCHEDULED_ATTR]
+    write_bundle(str(tmp_path / "bundle"), block.fused.imported, RPI4,
+                 build_executable(mod, RPI4), fused_dcac=1)
+    session = connect(emulated_rpi4.spec, timeout_s=120)
+    model = attend_runtime.load(str(tmp_path / "bundle"), remote=session)
+    assert rel_err(model(block.x), block.reference) < RTOL
