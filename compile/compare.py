@@ -21,24 +21,25 @@ from typing import Any
 import numpy as np
 
 from tvmc_attend.errors import UserError
+from tvmc_attend.files import save_figure_atomic
 from tvmc_attend.targets import Board
 
-from .benchmark import (
-    VARIANT_LABELS,
-    Variant,
-    _onnxruntime_variant,
-    _rel_err,
-    _torch_variant,
-    machine_info,
-)
-from .build import build_executable, require_cross_compiler
-from .bundle import write_bundle
+from .benchmark import VARIANT_LABELS
+from .build import require_cross_compiler
 from .frontend import ModelSource
 from .inputs import random_input
-from .interleave import check_and_time, tvm_variant
 from .onnx_export import export_onnx
-from .pipeline import PreparedModel, open_database, prepare_model
+from .pipeline import compile_prepared, prepare_model
 from .tune import TuneOptions, tune_prepared
+from .variants import (
+    Variant,
+    check_and_time,
+    machine_info,
+    onnxruntime_variant,
+    rel_err,
+    torch_variant,
+    tvm_variant,
+)
 
 DEFAULT_MODELS = ("attendnext", "mobilenetv3_large_100", "mobileone_s1", "fbnetc_100",
                   "mobilevit_xs")
@@ -152,17 +153,6 @@ class CompareReport:
         }
 
 
-def _bundle(prepared: PreparedModel, board: Board, out_dir: str, log_dir: str | None,
-            notes: list[str]) -> dict[str, Any]:
-    """Build an already prepared model with its (target, model) database into a bundle
-    (``compile_bundle`` would import and fold the model again: ~1 min per model here)."""
-    database, info, warnings = open_database(board, prepared.imported.name, log_dir, None)
-    notes.extend(warnings)
-    executable = build_executable(prepared.mod, board, database=database)
-    return write_bundle(out_dir, prepared.imported, board, executable, tuning=info,
-                        fused_dcac=prepared.fused_dcac)
-
-
 @dataclass
 class Reference:
     """PyTorch's answers for one input: float32 (what TVM is compared with), float64 (to see
@@ -228,7 +218,7 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str, re
             raise UserError(f"tuning {name} stopped ({tuned.stopped}); rerun to resume")
     progress(f"{name}: building")
     bundle = os.path.join(work, name)
-    meta = _bundle(prepared, board, bundle, options.log_dir, notes)
+    meta = compile_prepared(prepared, board, bundle, log_dir=options.log_dir, warn=notes.append)
     tuning.update(tuned=meta["tuned"], database=meta["tuning"]["database"],
                   records=meta["tuning"]["records"])
     threads = board.thread_count()
@@ -239,13 +229,13 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str, re
     if not board.is_remote:
         onnx_path = export_onnx(imported.torch_module, torch.from_numpy(x),
                                 os.path.join(work, f"{name}.onnx"))
-        variants["onnxruntime"] = _onnxruntime_variant(onnx_path, threads)
-        variants["torch"] = _torch_variant(imported.torch_module, threads)
+        variants["onnxruntime"] = onnxruntime_variant(onnx_path, threads)
+        variants["torch"] = torch_variant(imported.torch_module, threads)
     stats = model_stats(imported.torch_module, imported.input_shape)
     result = ModelResult(name=name, params=stats.params, macs=stats.macs,
                          input_shape=imported.input_shape, tuning=tuning, variants=variants,
                          sensitivity=reference.sensitivity,
-                         torch_fp64_err=_rel_err(reference.fp32, reference.fp64))
+                         torch_fp64_err=rel_err(reference.fp32, reference.fp64))
     return result, x, reference
 
 
@@ -278,7 +268,7 @@ def run_compare(options: CompareOptions, board: Board, remote: Any = None, sessi
         checks += [(v, x, reference.fp32) for v in result.variants.values()]
     check_and_time(checks, options.rounds, options.runs_per_round, progress)
     for result, (x, reference) in zip(results, inputs, strict=True):
-        result.tvm_fp64_err = _rel_err(result.variants["tvm"].run(x), reference.fp64)
+        result.tvm_fp64_err = rel_err(result.variants["tvm"].run(x), reference.fp64)
     return CompareReport(board=board.name, threads=board.thread_count(), emulated=emulated,
                          device=device, options=options, results=results, notes=notes)
 
@@ -321,5 +311,5 @@ def plot(report: CompareReport, path: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(lambda tmp: fig.savefig(tmp, dpi=120), path)
     plt.close(fig)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tvmc_attend.errors import UserError
+from tvmc_attend.files import write_json_atomic, write_text_atomic
 from tvmc_attend.targets import Board
 
 INFO_FILE = "tuning.json"
@@ -32,19 +32,6 @@ DEFAULT_LOG_DIR = "tuning_logs"
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
-
-def write_json_atomic(path: str, data: Any) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a database is shared and committed
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _canonical(target: dict[str, Any]) -> str:
@@ -127,7 +114,7 @@ class TuningDatabase:
             if device and device not in info.devices:
                 info.devices.append(device)
             info.updated = _now()
-            write_json_atomic(self.info_path, asdict(info))
+            write_json_atomic(self.info_path, asdict(info), sort_keys=True)
         for name in (WORKLOAD_FILE, RECORD_FILE):
             _drop_torn_lines(os.path.join(self.path, name))
         return ms.database.JSONDatabase(
@@ -153,14 +140,16 @@ def _drop_torn_lines(path: str) -> None:
             continue
         good.append(line)
     if len(good) != len(lines):
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(line + "\n" for line in good))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in good))
 
 
 FAILED_SECS = 1e9  # MetaSchedule records a candidate that failed to build or run with 1e10 s
+
+
+def measured_secs(record: Any) -> list[float] | None:
+    """A tuning record's run times in seconds, or None if its candidate failed."""
+    secs = [float(s) for s in record.run_secs or ()]
+    return secs if secs and min(secs) < FAILED_SECS else None
 
 
 def count_records(database: Any, task_mods: list[Any]) -> list[int]:
@@ -172,7 +161,7 @@ def count_records(database: Any, task_mods: list[Any]) -> list[int]:
 
     counts_by_hash: dict[int, int] = {}
     for record in database.get_all_tuning_records():
-        if not record.run_secs or min(float(s) for s in record.run_secs) >= FAILED_SECS:
+        if measured_secs(record) is None:
             continue
         key = structural_hash(record.workload.mod)
         counts_by_hash[key] = counts_by_hash.get(key, 0) + 1

@@ -39,18 +39,18 @@ from typing import Any
 import numpy as np
 
 from tvmc_attend.errors import UserError
+from tvmc_attend.files import save_figure_atomic
 from tvmc_attend.targets import Board
 
-from .benchmark import Variant, _rel_err, machine_info
 from .design_space import Design, build_model, mutate, sample, smallest
 from .explored import DEFAULT_DIR, save_design
 from .frontend import ModelSource
 from .inputs import random_input
-from .interleave import check_and_time, tvm_variant
 from .naswot import BATCH as PROXY_BATCH
 from .naswot import naswot_score
 from .pareto import Objective, pareto_front, pareto_layers
 from .pipeline import compile_bundle
+from .variants import Variant, check_and_time, machine_info, rel_err, tvm_variant
 
 PROXY_SIZE = 64  # NASWOT input resolution (independent of the timing resolution)
 REL_TOL = 1e-5  # TVM vs PyTorch, relative to the largest output
@@ -313,7 +313,7 @@ class Measurer:
                                                            log_dir=log_dir),
                            remote=self.remote, emulated=self.emulated)
             compile_bundle(source, self.board, bundle, untuned=not o.trials, log_dir=log_dir,
-                           warn=self.progress)
+                           warn=lambda m: self.progress(f"warning: {m}"))
 
     def measure(self, cand: Candidate, x: np.ndarray) -> None:
         """Compile (or reuse the untuned bundle of an earlier run), check and quick-time."""
@@ -329,7 +329,7 @@ class Measurer:
         if reuse:
             variant = tvm_variant("tvm_untuned", bundle, self.session, threads)
             # A bundle from an older model definition no longer matches: compile it again.
-            reuse = _rel_err(variant.run(x), cand.reference) <= REL_TOL
+            reuse = rel_err(variant.run(x), cand.reference) <= REL_TOL
         if not reuse:
             self.progress(f"compiling {cand.name} for {self.board.name}")
             self._compile(cand.name, model, bundle)
@@ -449,5 +449,5 @@ def plot(report: ExploreReport, path: str) -> None:
                  f"{len(measured)} measured of {len(report.candidates)} screened, "
                  f"<= {report.options.max_params / 1e6:.2f} M params, {report.date[:10]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure_atomic(lambda tmp: fig.savefig(tmp, dpi=120), path)
     plt.close(fig)

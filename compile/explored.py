@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from tvmc_attend.errors import UserError
+from tvmc_attend.files import write_json_atomic
 
 from .design_space import NAME_PREFIX, Design, build_model
 
@@ -35,9 +36,7 @@ def save_design(out_dir: str, design: Design, measured: dict[str, Any]) -> str:
     path = os.path.join(out_dir, f"{design.name}.json")
     data = {"format": FORMAT, "name": design.name, "design": design.as_dict(),
             "measured": measured}
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+    write_json_atomic(path, data)
     return path
 
 

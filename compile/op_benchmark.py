@@ -1,18 +1,21 @@
-"""Operator-level benchmark of the DC-AC block: stock Relax fusion vs our fused operator.
+"""`benchmark --op dcac`: stock Relax fusion vs our fused DC-AC operator, block and model.
 
-For one DC-AC block at each AttendNeXt stage's shape, four variants are built on this host:
-stock (the block as the frontend imports it, fused by Relax's FuseOps) and fused (our
-operator), each untuned and tuned with the same trial budget (each into its own temporary
-database). All variants are first checked against PyTorch, then timed round-robin (every
-variant of every shape once per round), so that machine noise hits all of them alike.
+Block level: for one DC-AC block at each AttendNeXt stage's shape, four variants are built on
+this host: stock (the block as the frontend imports it, fused by Relax's FuseOps) and fused
+(our operator), each untuned and tuned with the same trial budget (each into its own temporary
+database). End to end: the whole model built both ways, untuned and with its (target, model)
+tuning database (tune it with and without ``--no-fuse-dcac`` so that both have records). All
+variants are first checked against PyTorch, then timed round-robin (every variant once per
+round), so that machine noise hits all of them alike.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,14 +23,13 @@ import numpy as np
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
-from .benchmark import Variant
 from .build import build_executable
-from .database import TuningDatabase
+from .database import TuningDatabase, count_records
 from .frontend import ModelSource
 from .inputs import random_input
-from .interleave import check_and_time
-from .pipeline import PreparedModel, prepare_model
-from .tune import TuneOptions, tune_prepared
+from .pipeline import PreparedModel, open_database, prepare_model, with_dcac_fused
+from .tune import TuneOptions, extract_tasks, tune_prepared
+from .variants import Variant, check_and_time, machine_info, vm_variant
 
 # (channels, map size) of the DC-AC block of each AttendNeXt stage at 224x224.
 STAGE_SHAPES: tuple[tuple[int, int], ...] = ((40, 56), (84, 28), (176, 14), (372, 7))
@@ -64,31 +66,11 @@ def dcac_block(channels: int, size: int, seed: int, work: str) -> DCACBlock:
         reference = module(torch.from_numpy(x)).numpy()
         path = os.path.join(work, f"dcac_c{channels}_{size}x{size}.pt2")
         torch.export.save(torch.export.export(module, (torch.from_numpy(x),)), path)
-    source = ModelSource(model=path)
-    stock = prepare_model(source, fuse_dcac=False)
-    fused = prepare_model(source, fuse_dcac=True)
+    stock = prepare_model(ModelSource(model=path), fuse_dcac=False)
+    fused = with_dcac_fused(stock)
     if fused.fused_dcac != 1:
         raise RuntimeError(f"the DC-AC rewrite matched {fused.fused_dcac} blocks in one block")
     return DCACBlock(channels, size, module, x, reference, stock, fused)
-
-
-def _vm_variant(key: str, executable: Any, number: int) -> Variant:
-    """A benchmark variant running ``executable`` in a local Relax VM; one timed sample is the
-    mean of ``number`` back-to-back runs (the block takes well under a millisecond)."""
-    import tvm
-    from tvm import relax
-
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(executable, dev)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return vm["main"](tvm.runtime.tensor(x, dev)).numpy()
-
-    def time_runs(x: np.ndarray, n: int) -> list[float]:
-        timer = vm.time_evaluator("main", dev, number=number, repeat=n)
-        return [1e3 * t for t in timer(tvm.runtime.tensor(x, dev)).results]
-
-    return Variant(key, run, time_runs)
 
 
 def _tune(prepared: PreparedModel, board: Board, trials: int, log_dir: str) -> tuple[Any, Any]:
@@ -106,25 +88,20 @@ def _build_variants(block: DCACBlock, board: Board, trials: int, number: int, wo
     for kind, prepared in (("stock", block.stock), ("fused", block.fused)):
         # The untuned build schedules the fused operator by default (a no-op for stock).
         untuned = build_executable(apply_default_schedules(prepared.mod, target), board)
-        variants.append(_vm_variant(f"{kind}_untuned", untuned, number))
+        variants.append(vm_variant(f"{kind}_untuned", untuned, number))
         progress(f"{block.channels}x{block.size}: tuning {kind} ({trials} trials)")
         database, result = _tune(prepared, board, trials, os.path.join(work, kind))
         tuning[kind] = {"tasks": len(result.tasks), "trials": result.new_trials,
                         "seconds": round(result.seconds, 1)}
-        variants.append(_vm_variant(f"{kind}_tuned", build_executable(
+        variants.append(vm_variant(f"{kind}_tuned", build_executable(
             apply_default_schedules(prepared.mod, target, database), board, database), number))
     return variants, tuning
 
 
-def _row(block: DCACBlock, variants: list[Variant], tuning: dict[str, Any],
-         trials: int) -> dict[str, Any]:
+def _ratios(variants: list[Variant]) -> dict[str, Any]:
     by_key = {v.key: v for v in variants}
     median = {k: float(np.median(by_key[k].times_ms)) for k in VARIANTS}
     return {
-        "channels": block.channels,
-        "size": block.size,
-        "shape": [1, block.channels, block.size, block.size],
-        "trials": trials,
         "median_ms": median,
         "p10_ms": {k: float(np.percentile(by_key[k].times_ms, 10)) for k in VARIANTS},
         "p90_ms": {k: float(np.percentile(by_key[k].times_ms, 90)) for k in VARIANTS},
@@ -133,20 +110,96 @@ def _row(block: DCACBlock, variants: list[Variant], tuning: dict[str, Any],
         "speedup_tuned": median["stock_tuned"] / median["fused_tuned"],
         "speedup_untuned": median["stock_untuned"] / median["fused_untuned"],
         "fused_tuning_gain": median["fused_untuned"] / median["fused_tuned"],
-        "tuning": tuning,
     }
+
+
+def _row(block: DCACBlock, variants: list[Variant], tuning: dict[str, Any],
+         trials: int) -> dict[str, Any]:
+    return {"channels": block.channels, "size": block.size,
+            "shape": [1, block.channels, block.size, block.size], "trials": trials,
+            **_ratios(variants), "tuning": tuning}
+
+
+@dataclass
+class EndToEnd:
+    """The whole model built with and without the DC-AC rewrite, ready to time."""
+
+    model: str
+    fused_dcac: int
+    variants: list[Variant]
+    x: np.ndarray
+    reference: np.ndarray
+    tasks: dict[str, int]  # tuning tasks of each build
+    tuned_tasks: dict[str, int]  # of which the database has measured records
+    notes: list[str]
+
+    def row(self) -> dict[str, Any]:
+        return {"model": self.model, "fused_dcac": self.fused_dcac,
+                "input_shape": list(self.x.shape), "tasks": self.tasks,
+                "tuned_tasks": self.tuned_tasks, "notes": self.notes, **_ratios(self.variants)}
+
+
+def end_to_end(source: ModelSource, board: Board, log_dir: str | None,
+               progress: Callable[[str], None] = print) -> EndToEnd:
+    """Build ``source`` four ways (stock/fused x untuned/tuned with its database)."""
+    import torch
+
+    from tvmc_attend.schedules import apply_default_schedules
+
+    target = board.tvm_target()
+    stock = prepare_model(source, fuse_dcac=False)
+    fused = with_dcac_fused(stock)
+    imported = stock.imported
+    if imported.torch_module is None:
+        raise UserError(f"{imported.name} has no PyTorch reference; use a zoo model")
+    database, _info, notes = open_database(board, imported.name, log_dir, None)
+    variants, tasks, tuned_tasks = [], {}, {}
+    for kind, prepared in (("stock", stock), ("fused", fused)):
+        progress(f"{imported.name}: building {kind} (untuned and tuned)")
+        untuned = build_executable(apply_default_schedules(prepared.mod, target), board)
+        variants.append(vm_variant(f"{kind}_untuned", untuned, 1))
+        tuned = build_executable(apply_default_schedules(prepared.mod, target, database),
+                                 board, database)
+        variants.append(vm_variant(f"{kind}_tuned", tuned, 1))
+        mods = [task.dispatched[0] for task in extract_tasks(prepared, board)]
+        tasks[kind] = len(mods)
+        tuned_tasks[kind] = sum(1 for n in count_records(database, mods) if n) if database else 0
+    x = random_input(imported.input_shape, imported.input_dtype, seed=source.seed)
+    with torch.inference_mode():
+        reference = imported.torch_module(torch.from_numpy(x)).numpy()
+    return EndToEnd(imported.name, fused.fused_dcac, variants, x, reference, tasks,
+                    tuned_tasks, notes)
+
+
+@dataclass
+class DCACReport:
+    """What `benchmark --op dcac` measured in one run."""
+
+    board: str
+    threads: int
+    trials: int
+    repeat: int
+    blocks: list[dict[str, Any]]
+    end_to_end: dict[str, Any] | None
+    date: str = field(default_factory=lambda: datetime.datetime.now(
+        datetime.timezone.utc).isoformat(timespec="seconds"))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": "op_benchmark", "op": "dcac", "target": self.board,
+                "threads": self.threads, "date": self.date, "machine": machine_info(),
+                "trials_per_block_variant": self.trials, "samples": self.repeat,
+                "tolerance": TOLERANCE, "blocks": self.blocks, "end_to_end": self.end_to_end}
 
 
 def benchmark_dcac(board: Board, trials: int, repeat: int,
                    shapes: tuple[tuple[int, int], ...] = STAGE_SHAPES, number: int = 20,
-                   seed: int = 0, work_dir: str | None = None,
-                   progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                   seed: int = 0, model: ModelSource | None = None, log_dir: str | None = None,
+                   work_dir: str | None = None,
+                   progress: Callable[[str], None] = print) -> DCACReport:
     """Time one DC-AC block per shape (channels, map size): stock vs fused, untuned and tuned
-    with ``trials`` trials each; ``repeat`` interleaved samples of ``number`` runs per variant.
-
-    Returns one row per shape with the median latencies (ms), their ratios and each variant's
-    relative error against PyTorch. Measures on this host only.
-    """
+    with ``trials`` trials each, ``repeat`` interleaved samples of ``number`` runs per variant;
+    and, with ``model``, the whole model with and without the rewrite (its database from
+    ``log_dir``), interleaved with the blocks. Measures on this host only."""
     if board.is_remote:
         raise UserError(f"the operator benchmark measures on this host; {board.name} is a board "
                         "(use --target host)")
@@ -158,5 +211,12 @@ def benchmark_dcac(board: Board, trials: int, repeat: int,
         variants, tuning = _build_variants(block, board, trials, number, work, progress)
         blocks.append((block, variants, tuning))
         items.extend((v, block.x, block.reference) for v in variants)
+    whole = end_to_end(model, board, log_dir, progress) if model else None
+    if whole:
+        items.extend((v, whole.x, whole.reference) for v in whole.variants)
     check_and_time(items, rounds=repeat, runs_per_round=1, progress=progress)
-    return [_row(block, variants, tuning, trials) for block, variants, tuning in blocks]
+    return DCACReport(board=board.name, threads=board.thread_count(), trials=trials,
+                      repeat=repeat,
+                      blocks=[_row(block, variants, tuning, trials)
+                              for block, variants, tuning in blocks],
+                      end_to_end=whole.row() if whole else None)

@@ -28,20 +28,24 @@ class PreparedModel:
 
 def prepare_model(source: ModelSource, fuse_dcac: bool = True) -> PreparedModel:
     """Import ``source`` and apply the inference rewrites: BatchNorm folding, then (unless
-    ``fuse_dcac`` is False) the DC-AC fusion, whose blocks it could not match are logged."""
+    ``fuse_dcac`` is False) the DC-AC fusion."""
+    imported = import_model(source)
+    stock = PreparedModel(imported=imported, mod=fold_for_inference(imported.mod))
+    return with_dcac_fused(stock) if fuse_dcac else stock
+
+
+def with_dcac_fused(prepared: PreparedModel) -> PreparedModel:
+    """``prepared`` with every DC-AC block replaced by the fused operator; blocks the matcher
+    could not match are left alone and logged. Expects folded BatchNorm (conv + bias)."""
     import logging
 
-    from tvmc_attend.relay_ops import fuse_dcac as fuse_dcac_blocks
+    from tvmc_attend.relay_ops import fuse_dcac
 
-    imported = import_model(source)
-    mod = fold_for_inference(imported.mod)
-    if not fuse_dcac:
-        return PreparedModel(imported=imported, mod=mod)
-    # After folding: the matcher expects conv + bias, not conv + batch_norm.
-    fusion = fuse_dcac_blocks(mod)
+    fusion = fuse_dcac(prepared.mod)
     for reason in fusion.unmatched:
         logging.getLogger("tvmc_attend.relay_ops").warning("DC-AC not fused: %s", reason)
-    return PreparedModel(imported=imported, mod=fusion.mod, fused_dcac=fusion.fused)
+    return PreparedModel(imported=prepared.imported, mod=fusion.mod,
+                         fused_dcac=prepared.fused_dcac + fusion.fused)
 
 
 def open_database(board: Board, model_name: str, log_dir: str | None,
@@ -83,10 +87,12 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
 
 def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: bool = False,
                    log_dir: str | None = None, database_dir: str | None = None,
+                   fuse_dcac: bool = True,
                    warn: Callable[[str], None] = print) -> dict[str, Any]:
     """Compile ``source`` for ``board`` into the bundle ``out_dir``; return its metadata.
 
-    The (target, model) tuning database is applied unless ``untuned``.
+    The (target, model) tuning database is applied unless ``untuned`` (``warn`` gets why a
+    database was skipped or is suspect); DC-AC blocks are fused unless ``fuse_dcac`` is False.
     """
     require_cross_compiler(board)  # fail before minutes of import and build
     check_output_dir(os.path.abspath(out_dir))
@@ -96,13 +102,23 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
             raise UserError(f"no tuning database at {database_dir}; tune first or drop "
                             "--database")
         named.check_target(board)
-    prepared = prepare_model(source)
+    return compile_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, out_dir,
+                            untuned=untuned, log_dir=log_dir, database_dir=database_dir,
+                            warn=warn)
+
+
+def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
+                     untuned: bool = False, log_dir: str | None = None,
+                     database_dir: str | None = None,
+                     warn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build an already prepared model into a bundle (importing and folding a model takes up
+    to a minute: callers that build one model several ways prepare it once)."""
     database, tuning = None, TuningInfo()
     if not untuned:
         database, tuning, warnings = open_database(board, prepared.imported.name, log_dir,
                                                    database_dir)
         for message in warnings:
-            warn(f"warning: {message}")
+            warn(message)
     executable = build_executable(prepared.mod, board, database=database)
     return write_bundle(out_dir, prepared.imported, board, executable, tuning=tuning,
                         fused_dcac=prepared.fused_dcac)

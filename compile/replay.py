@@ -17,7 +17,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
 from tvm_ffi import structural_hash
 
-FAILED_SECS = 1e9  # MetaSchedule records failed candidates with 1e10 s
+from .database import measured_secs
 
 
 class MeasuredCandidates:
@@ -37,10 +37,8 @@ class MeasuredCandidates:
         known = cls()
         wanted = {structural_hash(mod) for mod in workload_mods}
         for record in database.get_all_tuning_records():
-            if structural_hash(record.workload.mod) not in wanted or not record.run_secs:
-                continue
-            secs = [float(s) for s in record.run_secs]
-            if min(secs) >= FAILED_SECS:
+            secs = measured_secs(record)
+            if secs is None or structural_hash(record.workload.mod) not in wanted:
                 continue
             try:
                 mod = record.as_measure_candidate().sch.mod

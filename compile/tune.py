@@ -135,17 +135,26 @@ def _best_ms(database: Any, task_mod: Any) -> float | None:
     return 1e3 * sum(secs) / len(secs)
 
 
+def extract_tasks(prepared: PreparedModel, board: Board) -> list[Any]:
+    """MetaSchedule's tuning tasks of a prepared model (one per distinct fused kernel)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return list(ms.relax_integration.extract_tasks(fuse_for_tuning(prepared.mod, board),
+                                                   board.tvm_target()))
+
+
 def tune_model(source: ModelSource, board: Board, options: TuneOptions,
                remote: Any = None, emulated: bool = False,
-               on_progress: ProgressHook | None = None) -> TuneResult:
-    """Import ``source``, then tune it (see ``tune_prepared``)."""
+               on_progress: ProgressHook | None = None, fuse_dcac: bool = True) -> TuneResult:
+    """Import ``source`` (fusing its DC-AC blocks unless ``fuse_dcac`` is False), then tune
+    it (see ``tune_prepared``)."""
     _require_device(board, remote)
     # Fail before the import (minutes for a large model): no device, another target's database.
     workers = check_device(remote) if remote is not None else 1
     db_dir = TuningDatabase.for_model(options.log_dir, board, source.name)
     if db_dir.exists():
         db_dir.check_target(board)
-    return tune_prepared(prepare_model(source), board, options, remote=remote,
+    return tune_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, options, remote=remote,
                          emulated=emulated, on_progress=on_progress, workers=workers)
 
 
@@ -170,8 +179,7 @@ def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
     _require_device(board, remote)
     if workers is None:
         workers = check_device(remote) if remote is not None else 1
-    target = board.tvm_target()
-    extracted = ms.relax_integration.extract_tasks(fuse_for_tuning(prepared.mod, board), target)
+    extracted = extract_tasks(prepared, board)
     if not extracted:
         raise UserError(f"{prepared.imported.name} has no tunable operators")
     device = remote.describe() if remote is not None else "local"

@@ -91,10 +91,11 @@ def test_command_help(path: tuple[str, ...]) -> None:
     ("verb", "flags"),
     [
         ("compile", ["--model", "--target", "--output", "--untuned", "--log-dir", "--database",
-                     "--input-size"]),
+                     "--input-size", "--no-fuse-dcac"]),
+        ("benchmark", ["--model", "--target", "--json", "--plot", "--op", "--no-fuse-dcac"]),
         ("run", ["--input", "--output", "--repeat", "--rpc-tracker", "--rpc-key", "--rpc-host"]),
         ("tune", ["--model", "--target", "--trials", "--trials-per-task", "--log-dir",
-                  "--rpc-tracker", "--rpc-key", "--rpc-host"]),
+                  "--rpc-tracker", "--rpc-key", "--rpc-host", "--no-fuse-dcac"]),
     ],
 )
 def test_contract_flags_are_documented(verb: str, flags: list[str]) -> None:
@@ -161,6 +162,25 @@ def test_missing_database_is_refused(tmp_path) -> None:
     result = run_cli("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
                      "-o", tmp_path / "out", "--database", tmp_path / "nodb", timeout=300)
     assert_cli_error(result, "no tuning database at", "nodb")
+
+
+@pytest.mark.parametrize("flag, fused", [(None, 1), ("--no-fuse-dcac", 0)])
+def test_compile_records_how_many_dcac_blocks_were_fused(flag, fused, tmp_path) -> None:
+    out = tmp_path / "bundle"
+    result = run_cli("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
+                     "-o", out, "--untuned", *([flag] if flag else []))
+    assert result.returncode == 0, output(result)
+    assert f"{fused} DC-AC blocks fused" in result.stdout
+    assert json.loads((out / "metadata.json").read_text())["fused_dcac"] == fused
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ((), "missing --model"),
+    (("--op", "conv9"), "unknown operator 'conv9' for --op; valid: dcac"),
+    (("--op", "dcac", "--emulate"), "--op measures on this host only"),
+])
+def test_benchmark_bad_flags(args, fragment) -> None:
+    assert_cli_error(run_cli("benchmark", *args), fragment)
 
 
 def test_recompiling_over_a_bundle_replaces_it(dcac_bundle, bundle_copy) -> None:

@@ -7,6 +7,8 @@ Cortex-A72.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -23,9 +25,6 @@ from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR, SCHEDULE_RULE
 from tvmc_attend.schedules import ISAS, apply_default_schedules, isa_for_target, rule_name
 from tvmc_attend.schedules.default import SCHEDULED_ATTR
 from tvmc_attend.targets import get_board
-
-# Issue still in progress: deselected by `make test` (-m 'not wip') until it is resolved.
-pytestmark = pytest.mark.wip
 
 
 HOST = get_board("host")
@@ -320,14 +319,26 @@ def test_tune_seed_and_build_apply_records(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_op_benchmark_reports_every_variant() -> None:
+def test_op_benchmark_reports_every_variant(tmp_path) -> None:
+    from tvmc_attend.compile.benchmark import write_json
     from tvmc_attend.compile.op_benchmark import VARIANTS, benchmark_dcac
 
     drop_unnamed_metaschedule_handlers()
-    (row,) = benchmark_dcac(HOST, trials=2, repeat=2, shapes=((16, 7),), progress=lambda _: None)
+    report = benchmark_dcac(HOST, trials=2, repeat=2, shapes=((16, 7),),
+                            model=ModelSource("attendnext_s", input_size=64),
+                            log_dir=str(tmp_path / "logs"), progress=lambda _: None)
+    (row,) = report.blocks
     assert (row["channels"], row["size"], row["numerics_ok"]) == (16, 7, True)
     assert set(row["median_ms"]) == set(VARIANTS)
     assert row["speedup_tuned"] > 0 and row["speedup_untuned"] > 0
+    whole = report.end_to_end
+    assert whole["fused_dcac"] == 4 and whole["numerics_ok"]
+    assert whole["tasks"]["fused"] < whole["tasks"]["stock"]  # 4 operators replace the blocks
+    assert whole["tuned_tasks"] == {"stock": 0, "fused": 0}  # no database in tmp_path
+    assert any("building untuned" in note for note in whole["notes"])
+    write_json(report, str(tmp_path / "dcac.json"))
+    data = json.loads((tmp_path / "dcac.json").read_text())
+    assert data["op"] == "dcac" and data["end_to_end"]["median_ms"].keys() == set(VARIANTS)
 
 
 # ------------------------------------------------------------------------------- on the board

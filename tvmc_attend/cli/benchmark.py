@@ -33,8 +33,59 @@ def report_table(report) -> Table:
     return table
 
 
+def dcac_tables(report) -> list[Table]:
+    """Block-level and end-to-end tables of `benchmark --op dcac` (ratios: stock / fused)."""
+    from tvmc_attend.compile.op_benchmark import VARIANTS
+
+    title = (f"DC-AC on {report.board}: {report.threads} threads, {report.trials} trials per "
+             f"tuned block variant, {report.repeat} samples, {report.date}")
+    rows = [(f"{b['channels']}x{b['size']}x{b['size']}", b) for b in report.blocks]
+    if report.end_to_end:
+        e = report.end_to_end
+        rows.append((f"{e['model']} {'x'.join(map(str, e['input_shape'][1:]))} "
+                     f"({e['fused_dcac']} fused)", e))
+    table = Table(title=title)
+    for col in ("block", *(f"{k} ms" for k in VARIANTS), "fused vs stock tuned",
+                "untuned", "max rel err"):
+        table.add_column(col, justify="left" if col == "block" else "right")
+    for name, row in rows:
+        errors = [e for e in row["max_rel_err"].values() if e is not None]
+        table.add_row(name, *(f"{row['median_ms'][k]:.3f}" for k in VARIANTS),
+                      f"{row['speedup_tuned']:.2f}x", f"{row['speedup_untuned']:.2f}x",
+                      f"{max(errors):.1e}" if errors else "-")
+    return [table]
+
+
+def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: int,
+                  log_dir: str | None, input_size: int | None, seed: int,
+                  json_path: str | None, keep: str | None) -> None:
+    from tvmc_attend.compile import benchmark
+    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.op_benchmark import benchmark_dcac
+    from tvmc_attend.errors import UserError
+    from tvmc_attend.targets import get_board
+
+    if op != "dcac":
+        raise UserError(f"unknown operator '{op}' for --op; valid: dcac")
+    board = get_board(target)
+    source = ModelSource(model=model or "attendnext", input_size=input_size, seed=seed)
+    report = benchmark_dcac(board, trials=trials, repeat=rounds, seed=seed, model=source,
+                            log_dir=log_dir, work_dir=keep,
+                            progress=lambda m: typer.echo(m, err=True))
+    console = Console(width=None if Console().is_terminal else 150)
+    for table in dcac_tables(report):
+        console.print(table)
+    for note in (report.end_to_end or {}).get("notes", []):
+        console.print(f"note: {note}")
+    if json_path:
+        benchmark.write_json(report, json_path)
+        console.print(f"JSON: {json_path}")
+
+
 def benchmark_command(
-    model: str = options.MODEL,
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Zoo model name or a .onnx / .pt2 file (with --op: the "
+        "model measured end to end, default attendnext)."),
     target: str = options.TARGET,
     rounds: int = typer.Option(10, "--rounds", min=1, help="Interleaved rounds."),
     runs_per_round: int = typer.Option(5, "--runs-per-round", min=1,
@@ -50,12 +101,28 @@ def benchmark_command(
     rpc_key: str | None = options.RPC_KEY,
     rpc_host: str | None = options.RPC_HOST,
     emulate: bool = options.EMULATE,
+    fuse_dcac: bool = options.FUSE_DCAC,
+    op: str | None = typer.Option(
+        None, "--op", help="Benchmark an operator instead: 'dcac' (stock Relax fusion vs our "
+        "fused DC-AC, per AttendNeXt stage and end to end; host only)."),
+    trials: int = typer.Option(64, "--trials", min=1,
+                               help="With --op: tuning trials for each block variant."),
 ) -> None:
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
     from tvmc_attend.compile import benchmark
     from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
+    if op is not None:
+        if rpc_tracker or rpc_host or emulate:
+            raise UserError("--op measures on this host only; drop --rpc-*/--emulate")
+        _benchmark_op(op, model, target, trials, rounds, log_dir, input_size, seed,
+                      json_path, keep)
+        return
+    if model is None:
+        raise UserError("missing --model: pass a zoo model name or a .onnx/.pt2 file "
+                        "(or --op dcac)")
     board = get_board(target)
     remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
     session, device = None, "local"
@@ -64,15 +131,13 @@ def benchmark_command(
 
         session, device = connect(remote), remote.describe()
     elif board.is_remote:
-        from tvmc_attend.errors import UserError
-
         raise UserError(f"target {board.name} is a board: pass --rpc-tracker/--rpc-key, "
                         "--rpc-host or --emulate to measure on one")
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
     report = benchmark.run_benchmark(
         source, board, remote_session=session, device=device, emulated=emulated,
         rounds=rounds, runs_per_round=runs_per_round, log_dir=log_dir, work_dir=keep,
-        progress=lambda m: typer.echo(m, err=True))
+        fuse_dcac=fuse_dcac, progress=lambda m: typer.echo(m, err=True))
     console = Console(width=None if Console().is_terminal else 110)
     console.print(report_table(report))
     for note in report.notes:

@@ -21,6 +21,7 @@ def compile_command(
     input_size: int | None = options.INPUT_SIZE,
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
+    fuse_dcac: bool = options.FUSE_DCAC,
 ) -> None:
     """Compile a model for a board into a self-contained bundle directory."""
     from tvmc_attend.compile.bundle import check_output_dir
@@ -36,9 +37,11 @@ def compile_command(
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
     start = time.perf_counter()
     meta = compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,
-                          database_dir=database, warn=lambda m: typer.echo(m, err=True))
+                          database_dir=database, fuse_dcac=fuse_dcac,
+                          warn=lambda m: typer.echo(f"warning: {m}", err=True))
     elapsed = time.perf_counter() - start
     how = (f"tuned, {meta['tuning']['records']} records" if meta["tuned"] else "untuned")
+    how += f", {meta['fused_dcac']} DC-AC blocks fused"
     typer.echo(f"compiled {meta['model']} for {board.name} ({meta['target']['triple']}, {how}) "
                f"in {elapsed:.1f} s -> {output}")
     typer.echo(f"  input {meta['input']['name']} {meta['input']['shape']} "

@@ -18,3 +18,5 @@ RPC_HOST = typer.Option(None, "--rpc-host", help="A single RPC server HOST:PORT.
 EMULATE = typer.Option(False, "--emulate",
                        help="Use (starting if needed) an emulated board for the target.")
 LOG_DIR = typer.Option(None, "--log-dir", help="Tuning database root (default ./tuning_logs).")
+FUSE_DCAC = typer.Option(True, "--fuse-dcac/--no-fuse-dcac",
+                         help="Replace each DC-AC block by our fused operator (default: on).")

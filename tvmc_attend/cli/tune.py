@@ -57,6 +57,7 @@ def tune_command(
     rpc_key: str | None = options.RPC_KEY,
     rpc_host: str | None = options.RPC_HOST,
     emulate: bool = options.EMULATE,
+    fuse_dcac: bool = options.FUSE_DCAC,
 ) -> None:
     """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
     from tvmc_attend.targets import get_board
@@ -79,7 +80,7 @@ def tune_command(
                         refresh=True)
 
         result = tune_model(source, board, opts, remote=remote, emulated=emulated,
-                            on_progress=show)
+                            on_progress=show, fuse_dcac=fuse_dcac)
     console.print(task_table(result, f"{result.model} on {result.board}"))
     console.print(summary_line(result))
     console.print(f"database: {result.database}")

@@ -1,0 +1,140 @@
+"""Benchmark variants (a TVM bundle, ONNX Runtime, PyTorch eager, a Relax VM) and the one
+way they are timed: checked against a reference, then interleaved round by round.
+
+`benchmark` interleaves the variants of one model; `compare`, `explore` and the operator
+benchmark interleave those of several models (each with its own input), so that a noisy
+neighbour or a clock change hits every variant alike instead of whichever ran during it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tvmc_attend import attend_runtime
+
+
+@dataclass
+class Variant:
+    """One thing to time: ``run`` gives its output, ``time_runs(x, n)`` n latencies in ms."""
+
+    key: str
+    run: Callable[[np.ndarray], np.ndarray]
+    time_runs: Callable[[np.ndarray, int], list[float]]
+    times_ms: list[float] = field(default_factory=list)
+    max_rel_err: float | None = None
+    note: str = ""
+
+    def stats(self) -> attend_runtime.LatencyStats:
+        return attend_runtime.LatencyStats(times_ms=self.times_ms)
+
+
+def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude."""
+    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"hostname": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def _timed(fn: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray, int], list[float]]:
+    def time_runs(x: np.ndarray, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            fn(x)
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+    return time_runs
+
+
+def tvm_variant(key: str, bundle: str, session: Any, threads: int | None) -> Variant:
+    """A bundle loaded with the shipped loader (on the board when ``session`` is given).
+
+    TVM's first ``runtime.config_threadpool`` pins the calling thread to a single core, and
+    every thread created afterwards inherits that: ONNX Runtime's workers (created with its
+    session) would then share one core with the main thread, and ``thread_count()`` would
+    report 1. Restoring the affinity after the load keeps the baselines on all their cores.
+    """
+    cpus = os.sched_getaffinity(0)
+    model = attend_runtime.load(bundle, remote=session, threads=threads)
+    os.sched_setaffinity(0, cpus)
+    return Variant(key, model, lambda x, n: model.benchmark(x, repeat=n, warmup=0).times_ms)
+
+
+def vm_variant(key: str, executable: Any, number: int) -> Variant:
+    """A Relax executable in a local VM; one timed sample is the mean of ``number``
+    back-to-back runs (for operators that take well under a millisecond)."""
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(executable, dev)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return vm["main"](tvm.runtime.tensor(x, dev)).numpy()
+
+    def time_runs(x: np.ndarray, n: int) -> list[float]:
+        timer = vm.time_evaluator("main", dev, number=number, repeat=n)
+        return [1e3 * t for t in timer(tvm.runtime.tensor(x, dev)).results]
+
+    return Variant(key, run, time_runs)
+
+
+def onnxruntime_variant(onnx_path: str, threads: int) -> Variant:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # ORT's idle workers spin by default, stealing the cores from the next variant.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+    return Variant("onnxruntime", run, _timed(run))
+
+
+def torch_variant(module: Any, threads: int) -> Variant:
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+    return Variant("torch", run, _timed(run))
+
+
+def check_and_time(items: Sequence[tuple[Variant, np.ndarray, np.ndarray | None]],
+                   rounds: int, runs_per_round: int,
+                   progress: Callable[[str], None] = print) -> None:
+    """For each (variant, input, reference): run once (the warm-up) and record the relative
+    error against the reference, then time ``runs_per_round`` runs of every variant per round."""
+    for variant, x, reference in items:
+        out = variant.run(x)
+        if reference is not None:
+            variant.max_rel_err = rel_err(out, reference)
+    for r in range(rounds):
+        progress(f"timing round {r + 1}/{rounds}")
+        for variant, x, _ in items:
+            variant.times_ms.extend(variant.time_runs(x, runs_per_round))
