@@ -20,6 +20,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tvm.ir.utils import derived_object
@@ -67,8 +68,11 @@ class SharedLibraryBuilder(PyBuilder):
     def __init__(self, cross_compiler: str | None = None, max_workers: int | None = None,
                  timeout_s: float = 120.0, tasks_per_worker: int = 256,
                  measured: MeasuredCandidates | None = None, stop: StopFlag | None = None,
+                 build_function: Callable[..., tuple[str | None, str | None]] | None = None,
                  ) -> None:
         super().__init__()
+        # What a worker runs per candidate (module-level, so that spawned workers import it).
+        self.build_function = build_function or _build_one
         self.cross_compiler = cross_compiler
         self.measured = measured
         self.stop = stop or StopFlag()
@@ -98,40 +102,64 @@ class SharedLibraryBuilder(PyBuilder):
         import tvm
 
         self.stop.check()
-        replayed = [self.measured.replay_artifact(inp.mod) if self.measured else None
-                    for inp in build_inputs]
-        pool = self._get_pool()
-        futures = {
-            i: pool.submit(_build_one, tvm.ir.save_json(inp.mod), tvm.ir.save_json(inp.target),
-                           self.cross_compiler, self.artifact_dir)
-            for i, inp in enumerate(build_inputs) if replayed[i] is None
-        }
-        results = []
-        for i in range(len(build_inputs)):
-            if replayed[i] is not None:
-                results.append(BuilderResult(replayed[i], None))
-                continue
-            path, error = self._result(futures[i])
-            results.append(BuilderResult(path, error))
-        self.builds += len(futures)
-        return results
+        outcomes: dict[int, tuple[str | None, str | None]] = {}
+        payloads = {}
+        for i, inp in enumerate(build_inputs):
+            replayed = self.measured.replay_artifact(inp.mod) if self.measured else None
+            if replayed is not None:
+                outcomes[i] = (replayed, None)
+            else:
+                payloads[i] = (tvm.ir.save_json(inp.mod), tvm.ir.save_json(inp.target))
+        self.builds += len(payloads)
+        attempts = dict.fromkeys(payloads, 0)
+        while len(outcomes) < len(build_inputs):
+            self._build_round({i: p for i, p in payloads.items() if i not in outcomes},
+                              attempts, outcomes)
+        return [BuilderResult(*outcomes[i]) for i in range(len(build_inputs))]
 
-    def _result(self, future: cf.Future) -> tuple[str | None, str | None]:
+    def _build_round(self, payloads: dict[int, tuple[str, str]], attempts: dict[int, int],
+                     outcomes: dict[int, tuple[str | None, str | None]]) -> None:
+        """Submit ``payloads`` and collect results until done or the pool had to restart.
+
+        A candidate that hangs or kills its worker takes the pool down with it; the other
+        candidates of the batch are then built again in a fresh pool, not thrown away (one
+        slow candidate used to cost a whole batch). Each gets at most two pools."""
+        pool = self._get_pool()
+        futures = {}
+        for i, (mod_json, target_json) in payloads.items():
+            attempts[i] += 1
+            futures[i] = pool.submit(self.build_function, mod_json, target_json,
+                                     self.cross_compiler, self.artifact_dir)
+        for i, future in futures.items():
+            outcome, restarted = self._result(future)
+            if not restarted:
+                outcomes[i] = outcome
+                continue
+            outcomes[i] = outcome  # the candidate we waited on is the one to blame
+            for j, other in futures.items():
+                if j in outcomes:
+                    continue
+                if other.done() and not other.cancelled() and other.exception() is None:
+                    outcomes[j] = other.result()
+                elif attempts[j] >= 2:
+                    outcomes[j] = (None, "build abandoned after two worker restarts")
+            return
+
+    def _result(self, future: cf.Future) -> tuple[tuple[str | None, str | None], bool]:
+        """(artifact path, error) of one build, and whether the pool had to be restarted."""
         deadline = time.monotonic() + self.timeout_s
         # Poll so that Ctrl-C (which only sets the stop flag) ends a long batch promptly.
         while not future.done():
             self.stop.check()
             if time.monotonic() > deadline:
                 self._restart_pool()
-                return None, f"build timed out after {self.timeout_s:.0f} s"
+                return (None, f"build timed out after {self.timeout_s:.0f} s"), True
             cf.wait([future], timeout=0.25)
         try:
-            return future.result()
+            return future.result(), False
         except cf.process.BrokenProcessPool:
             self._restart_pool()
-            return None, "build worker crashed"
-        except cf.CancelledError:  # cancelled by a restart after another candidate hung
-            return None, "build cancelled after a worker restart"
+            return (None, "build worker crashed"), True
 
     def _restart_pool(self) -> None:
         if self._pool is not None:

@@ -26,7 +26,6 @@ from tvmc_attend.schedules import ISAS, apply_default_schedules, isa_for_target,
 from tvmc_attend.schedules.default import SCHEDULED_ATTR
 from tvmc_attend.targets import get_board
 
-
 HOST = get_board("host")
 RPI4 = get_board("rpi4")
 
