@@ -106,7 +106,8 @@ def _quiet_metaschedule(log_dir: str) -> None:
     """MetaSchedule's own logs go to files under ``log_dir``, not to the terminal."""
     os.makedirs(log_dir, exist_ok=True)
     logger = logging.getLogger(MS_LOGGER)
-    # create_loggers() gives its console handler the level of this logger.
+    # create_loggers() gives its console handler the level of this logger, then sets the
+    # logger to DEBUG: call this before every tune_tasks(), or the second one logs to stderr.
     logger.setLevel(logging.CRITICAL)
 
 
@@ -226,6 +227,7 @@ def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
                     strategy=options.search_strategy(), num_threads=board.thread_count()
                     if not board.is_remote else len(os.sched_getaffinity(0)),
                     seed=options.seed)
+                _quiet_metaschedule(log_dir)
                 callback = measure_env.progress_callback(
                     [states[i] for i in group], result, on_progress, start)
                 ms.tune_tasks(
