@@ -20,10 +20,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(VENV)/bin/python -m pytest -q -m "not wip"
+	$(VENV)/bin/python -m pytest -q
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow and not emulated and not wip"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not emulated"
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -98,8 +98,12 @@ def _from_exported_program(exported: Any) -> Any:
 def _import_zoo(source: ModelSource) -> ImportedModel:
     import torch
 
-    from tvmc_attend.models import create_model, get_model_spec
+    from tvmc_attend.models import create_model, get_model_spec, list_models
 
+    from .explored import register_saved
+
+    if source.model not in {spec.name for spec in list_models()}:
+        register_saved(source.model)  # a saved `explore` front member, compiled by name
     spec = get_model_spec(source.model)
     model = create_model(source.model, input_size=source.input_size,
                          checkpoint=source.checkpoint, seed=source.seed)

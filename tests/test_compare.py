@@ -22,10 +22,6 @@ from tvmc_attend.compile.variants import Variant
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import get_board
 
-# Issue still in progress: deselected by `make test` (-m 'not wip') until it is resolved.
-pytestmark = pytest.mark.wip
-
-
 MODEL_KEYS = ("name", "params", "macs", "input_shape", "tuning", "numerics_ok",
               "reference_sensitivity", "numerics", "vs_baseline", "tvm")
 LATENCY_KEYS = ("label", "median_ms", "p10_ms", "p90_ms", "repeat", "throughput_ips",

@@ -25,10 +25,6 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.models import DCAC, create_model
 from tvmc_attend.models.stats import count_params
 
-# Issue still in progress: deselected by `make test` (-m 'not wip') until it is resolved.
-pytestmark = pytest.mark.wip
-
-
 # ------------------------------------------------------------------------------- design space
 
 
@@ -142,13 +138,27 @@ def explored(tmp_path_factory) -> tuple[Path, dict, dict]:
     return out, reports[0], reports[1]
 
 
+def _front_of(report: dict) -> list[str]:
+    """The Pareto front recomputed from a report's measured candidates."""
+    objectives = (Objective(key=lambda c: c["naswot"], maximize=True),
+                  Objective(key=lambda c: c["latency"]["median_ms"],
+                            tolerance=report["latency_tolerance"]),
+                  Objective(key=lambda c: c["params"]))
+    measured = [c for c in report["candidates"] if c["status"] == "measured"]
+    return [c["name"] for c in pareto_front(measured, objectives)]
+
+
 @pytest.mark.slow
 def test_explore_is_reproducible_for_a_seed(explored) -> None:
+    """The seed fixes what is screened, scored and measured. The front also depends on the
+    measured latencies: within the noise band it is the same, beyond it (a loaded machine)
+    it may differ, so each run's front is checked against its own measurements."""
     _, first, second = explored
-    assert first["front"] and first["front"] == second["front"]
     screened = [(c["name"], c["params"], c["naswot"], c["status"]) for c in first["candidates"]]
     assert screened == [(c["name"], c["params"], c["naswot"], c["status"])
                         for c in second["candidates"]]
+    for report in (first, second):
+        assert report["front"] and sorted(report["front"]) == sorted(_front_of(report))
 
 
 @pytest.mark.slow

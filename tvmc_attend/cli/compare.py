@@ -52,8 +52,9 @@ def report_table(report: Any) -> Table:
                "img/s", "latency ratio", "TVM rel err", "fp32 floor"]
     if host:
         columns += ["ORT ms", "ORT ratio", "torch ms", "torch ratio"]
-    for col in columns:
-        table.add_column(col, justify="left" if col == "model" else "right")
+    for col in columns:  # model names stay whole: the numbers' headers wrap instead
+        table.add_column(col, justify="left" if col == "model" else "right",
+                         no_wrap=col == "model")
     for r in report.results:
         s = r.variants["tvm"].stats()
         ratios = report.vs_baseline(r)
@@ -109,7 +110,7 @@ def compare_command(
                           runs_per_round=runs_per_round)
     report = run_compare(opts, board, remote=remote, session=session, emulated=emulated,
                          device=device, progress=lambda m: typer.echo(m, err=True))
-    console = Console(width=None if Console().is_terminal else 160)
+    console = Console(width=None if Console().is_terminal else 200)
     console.print(report_table(report))
     for note in report.notes:
         console.print(f"note: {note}")
