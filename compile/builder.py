@@ -81,6 +81,7 @@ class SharedLibraryBuilder(PyBuilder):
         self.tasks_per_worker = tasks_per_worker
         self.artifact_dir = tempfile.mkdtemp(prefix="tvmc-attend-build-")
         self.builds = 0
+        self._pool_builds = 0  # builds since the pool started
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> cf.ProcessPoolExecutor:
@@ -89,7 +90,6 @@ class SharedLibraryBuilder(PyBuilder):
                 max_workers=self.max_workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                max_tasks_per_child=self.tasks_per_worker,
             )
         return self._pool
 
@@ -111,6 +111,12 @@ class SharedLibraryBuilder(PyBuilder):
             else:
                 payloads[i] = (tvm.ir.save_json(inp.mod), tvm.ir.save_json(inp.target))
         self.builds += len(payloads)
+        # Recycle the workers between batches (LLVM's memory grows over thousands of builds).
+        # Not max_tasks_per_child: with it, CPython 3.11's pool can stop replacing exited
+        # workers, and the batch then waits for the build timeout (seen here: 2 min lost).
+        if self._pool_builds >= self.tasks_per_worker * self.max_workers:
+            self.close_pool()
+        self._pool_builds += len(payloads)
         attempts = dict.fromkeys(payloads, 0)
         while len(outcomes) < len(build_inputs):
             self._build_round({i: p for i, p in payloads.items() if i not in outcomes},
@@ -167,12 +173,18 @@ class SharedLibraryBuilder(PyBuilder):
                 proc.kill()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        self._pool_builds = 0
 
-    def close(self) -> None:
-        """Stop the workers and delete the built candidates."""
+    def close_pool(self) -> None:
+        """Stop the workers (the next batch starts new ones)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._pool_builds = 0
+
+    def close(self) -> None:
+        """Stop the workers and delete the built candidates."""
+        self.close_pool()
         shutil.rmtree(self.artifact_dir, ignore_errors=True)
 
     def __getstate__(self) -> dict[str, Any]:  # the pool never travels

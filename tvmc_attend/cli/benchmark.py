@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import options
-from .remote import resolve_remote
+from .remote import measurement_device
 
 
 def report_table(report) -> Table:
@@ -124,15 +124,8 @@ def benchmark_command(
         raise UserError("missing --model: pass a zoo model name or a .onnx/.pt2 file "
                         "(or --op dcac)")
     board = get_board(target)
-    remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
-    session, device = None, "local"
-    if remote is not None:
-        from tvmc_attend.device import connect
-
-        session, device = connect(remote), remote.describe()
-    elif board.is_remote:
-        raise UserError(f"target {board.name} is a board: pass --rpc-tracker/--rpc-key, "
-                        "--rpc-host or --emulate to measure on one")
+    _remote, session, emulated, device = measurement_device(board, rpc_tracker, rpc_key,
+                                                            rpc_host, emulate)
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
     report = benchmark.run_benchmark(
         source, board, remote_session=session, device=device, emulated=emulated,

@@ -11,22 +11,7 @@ from rich.table import Table
 from tvmc_attend.errors import UserError
 
 from . import options
-from .remote import resolve_remote
-
-
-def measurement_device(board: Any, rpc_tracker: str | None, rpc_key: str | None,
-                       rpc_host: str | None, emulate: bool) -> tuple[Any, Any, bool, str]:
-    """(RemoteSpec, RPC session, emulated?, device description) to measure on; a board target
-    without a device is an error, the host measures locally."""
-    remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
-    if remote is None:
-        if board.is_remote:
-            raise UserError(f"target {board.name} is a board: pass --rpc-tracker/--rpc-key, "
-                            "--rpc-host or --emulate to measure on one")
-        return None, None, False, "local"
-    from tvmc_attend.device import connect
-
-    return remote, connect(remote), emulated, remote.describe()
+from .remote import measurement_device
 
 
 def _ms(value: float | None) -> str:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import options
-from .compare import measurement_device
+from .remote import measurement_device
 
 
 def front_table(report: Any) -> Table:

@@ -49,3 +49,18 @@ def resolve_remote(board: Board, rpc_tracker: str | None, rpc_key: str | None,
     if spec is None:
         return None, False
     return spec, _is_emulated(spec)
+
+
+def measurement_device(board: Any, rpc_tracker: str | None, rpc_key: str | None,
+                       rpc_host: str | None, emulate: bool) -> tuple[Any, Any, bool, str]:
+    """(RemoteSpec, RPC session, emulated?, device description) to measure on; a board target
+    without a device is an error, the host measures locally."""
+    remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
+    if remote is None:
+        if board.is_remote:
+            raise UserError(f"target {board.name} is a board: pass --rpc-tracker/--rpc-key, "
+                            "--rpc-host or --emulate to measure on one")
+        return None, None, False, "local"
+    from tvmc_attend.device import connect
+
+    return remote, connect(remote), emulated, remote.describe()
