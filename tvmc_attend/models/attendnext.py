@@ -37,8 +37,9 @@ class DCACConfig:
     """A double-condensing attention condenser (DC-AC). Reconstructed fields: ``reduction``,
     ``groups``, ``kernel_size``.
 
-    The embedding width C/r is rounded up to a multiple of ``groups`` (40/4 = 10 -> 12,
-    84/4 = 21 -> 24, 372/4 = 93 -> 96), because a grouped conv needs it.
+    The embedding width C/r is rounded to the nearest multiple of ``groups`` (timm's
+    ``make_divisible``: 40/4 = 10 -> 12, 84/4 = 21 -> 20, 176/4 = 44, 372/4 = 93 -> 92),
+    because a grouped conv needs it.
     """
 
     channels: int = 40
