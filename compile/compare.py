@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import os
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ from .frontend import ModelSource
 from .inputs import random_input
 from .onnx_export import export_onnx
 from .pipeline import compile_prepared, prepare_model
-from .tune import TuneOptions, tune_prepared
+from .tune import TuneOptions, at_most_every, tune_prepared
 from .variants import (
     Variant,
     check_and_time,
@@ -180,17 +179,6 @@ def _reference(module: Any, x: np.ndarray, seed: int) -> Reference:
                                                                        1e-30)))
 
 
-def _every(seconds: float, hook: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``hook`` called at most once per ``seconds`` (tuning reports every measured batch)."""
-    last = [-seconds]
-
-    def throttled(value: Any) -> None:
-        if time.monotonic() - last[0] >= seconds:
-            last[0] = time.monotonic()
-            hook(value)
-    return throttled
-
-
 def _prepare_one(name: str, board: Board, options: CompareOptions, work: str, remote: Any,
                  session: Any, emulated: bool, notes: list[str],
                  progress: Callable[[str], None]) -> tuple[ModelResult, np.ndarray, Reference]:
@@ -210,7 +198,7 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str, re
         progress(f"{name}: tuning (resumes from the database; budget {options.trials} trials)")
         tuned = tune_prepared(prepared, board, TuneOptions(
             trials=options.trials, seed=options.seed, log_dir=options.log_dir),
-            remote=remote, emulated=emulated, on_progress=_every(30.0, lambda r: progress(
+            remote=remote, emulated=emulated, on_progress=at_most_every(30.0, lambda r: progress(
                 f"{name}: {sum(t.done for t in r.tasks)}/{r.budget} trials")))
         tuning.update(new_trials=tuned.new_trials, seconds=round(tuned.seconds, 1),
                       trials_per_minute=round(tuned.trials_per_minute, 1))

@@ -102,6 +102,17 @@ class TuneResult:
 ProgressHook = Callable[[TuneResult], None]
 
 
+def at_most_every(seconds: float, hook: ProgressHook) -> ProgressHook:
+    """``hook`` called at most once per ``seconds`` (tuning reports every measured batch)."""
+    last = [-seconds]
+
+    def throttled(result: TuneResult) -> None:
+        if time.monotonic() - last[0] >= seconds:
+            last[0] = time.monotonic()
+            hook(result)
+    return throttled
+
+
 def _quiet_metaschedule(log_dir: str) -> None:
     """MetaSchedule's own logs go to files under ``log_dir``, not to the terminal."""
     os.makedirs(log_dir, exist_ok=True)

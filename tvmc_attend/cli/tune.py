@@ -67,20 +67,24 @@ def tune_command(
     remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
 
     from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.tune import TuneOptions, tune_model
+    from tvmc_attend.compile.tune import TuneOptions, TuneResult, at_most_every, tune_model
 
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
     opts = TuneOptions(trials=trials, trials_per_task=trials_per_task,
                        trials_per_round=trials_per_round, seed=seed, log_dir=log_dir)
-    console = Console()
-    with Live(Text("importing the model and extracting tasks..."), console=console,
-              auto_refresh=False, transient=True) as live:
-        def show(result) -> None:
-            live.update(Group(Text(summary_line(result)), task_table(result, "tuning")),
-                        refresh=True)
 
-        result = tune_model(source, board, opts, remote=remote, emulated=emulated,
-                            on_progress=show, fuse_dcac=fuse_dcac)
+    def run(on_progress) -> TuneResult:
+        return tune_model(source, board, opts, remote=remote, emulated=emulated,
+                          on_progress=on_progress, fuse_dcac=fuse_dcac)
+
+    console = Console()
+    if console.is_terminal:
+        with Live(Text("importing the model and extracting tasks..."), console=console,
+                  auto_refresh=False, transient=True) as live:
+            result = run(lambda r: live.update(
+                Group(Text(summary_line(r)), task_table(r, "tuning")), refresh=True))
+    else:  # a log file or CI: a live table would only show at the end, so a line every 30 s
+        result = run(at_most_every(30.0, lambda r: console.print(summary_line(r))))
     console.print(task_table(result, f"{result.model} on {result.board}"))
     console.print(summary_line(result))
     console.print(f"database: {result.database}")

@@ -137,6 +137,10 @@ def connect(spec: RemoteSpec, timeout_s: float = 60, session_timeout_s: float = 
 
 
 def _connect_via_tracker(spec: RemoteSpec, timeout_s: float, session_timeout_s: float) -> Any:
+    # Import TVM's RPC client before asking the tracker: the match key it hands out goes stale
+    # within seconds, and a first `import tvm` (with torch loaded) can take longer than that.
+    from tvm import rpc  # noqa: F401
+
     from tvmc_attend.device import tracker
 
     assert spec.tracker_host is not None and spec.tracker_port is not None and spec.key
