@@ -106,6 +106,30 @@ def test_compile_applies_the_database(tuned, tmp_path) -> None:
         assert err <= RTOL, f"relative error {err:.3g} > {RTOL}"
 
 
+def test_benchmark_measures_every_variant_side_by_side(tuned, tmp_path) -> None:
+    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = run_cli("benchmark", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+                     "--log-dir", tuned.log_dir, "--rounds", 2, "--runs-per-round", 2,
+                     "--json", json_path, "--plot", plot_path)
+    assert result.returncode == 0, output(result)
+    for label in ("TVM untuned", "TVM tuned", "ONNX Runtime", "PyTorch eager"):
+        assert label in result.stdout, output(result)
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(json_path.read_text())
+    assert data["threads"] == get_board("host").thread_count() and data["emulated"] is False
+    assert data["machine"]["cores"] and data["date"]
+    assert data["tuning"]["tuned"] and data["tuning"]["records"] == record_count(tuned.database)
+    for key in ("tvm_untuned", "tvm_tuned", "onnxruntime", "torch"):
+        entry = data[key]
+        assert entry["p10_ms"] <= entry["median_ms"] <= entry["p90_ms"], key
+        assert entry["repeat"] == 4, key
+        if key != "torch":  # PyTorch is the reference
+            assert entry["max_rel_err_vs_torch"] <= RTOL, key
+    ratios = data["ratios"]
+    assert ratios["tvm_tuned_vs_tvm_untuned"] == pytest.approx(
+        data["tvm_untuned"]["median_ms"] / data["tvm_tuned"]["median_ms"])
+
+
 def test_untuned_flag_ignores_the_database(tuned, tmp_path) -> None:
     from tvmc_attend.compile.frontend import ModelSource
     from tvmc_attend.compile.pipeline import compile_bundle

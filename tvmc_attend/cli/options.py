@@ -20,3 +20,7 @@ EMULATE = typer.Option(False, "--emulate",
 LOG_DIR = typer.Option(None, "--log-dir", help="Tuning database root (default ./tuning_logs).")
 FUSE_DCAC = typer.Option(True, "--fuse-dcac/--no-fuse-dcac",
                          help="Replace each DC-AC block by our fused operator (default: on).")
+ROUNDS = typer.Option(10, "--rounds", min=1,
+                      help="Interleaved timing rounds (every variant once per round).")
+JSON_REPORT = typer.Option(None, "--json", help="Write the results as JSON.")
+KEEP = typer.Option(None, "--keep", help="Keep the bundles in this directory.")
