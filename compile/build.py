@@ -13,10 +13,14 @@ from tvmc_attend.targets import Board
 
 def build_executable(mod: Any, board: Board, database: Any = None) -> Any:
     """Compile ``mod`` for ``board``. Without a database the CPU build is only legalised and
-    fused (loops unscheduled); with one, every tuned task gets its best measured schedule."""
+    fused (loops unscheduled); with one, every tuned task gets its best measured schedule.
+    Fused DC-AC operators without a record get their default schedule either way."""
     import tvm
 
+    from tvmc_attend.schedules import apply_default_schedules
+
     target = board.tvm_target()
+    mod = apply_default_schedules(mod, target, database)
     if database is None:
         return tvm.compile(mod, target=target)
     from tvm.s_tir import meta_schedule as ms

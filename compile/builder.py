@@ -137,11 +137,10 @@ class SharedLibraryBuilder(PyBuilder):
             futures[i] = pool.submit(self.build_function, mod_json, target_json,
                                      self.cross_compiler, self.artifact_dir)
         for i, future in futures.items():
-            outcome, restarted = self._result(future)
+            outcomes[i], restarted = self._result(future)
             if not restarted:
-                outcomes[i] = outcome
                 continue
-            outcomes[i] = outcome  # the candidate we waited on is the one to blame
+            # The candidate we waited on takes the blame; the others built so far are kept.
             for j, other in futures.items():
                 if j in outcomes:
                     continue

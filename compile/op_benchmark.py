@@ -81,20 +81,16 @@ def _tune(prepared: PreparedModel, board: Board, trials: int, log_dir: str) -> t
 
 def _build_variants(block: DCACBlock, board: Board, trials: int, number: int, work: str,
                     progress: Callable[[str], None]) -> tuple[list[Variant], dict[str, Any]]:
-    from tvmc_attend.schedules import apply_default_schedules
-
-    target = board.tvm_target()
     variants, tuning = [], {}
     for kind, prepared in (("stock", block.stock), ("fused", block.fused)):
-        # The untuned build schedules the fused operator by default (a no-op for stock).
-        untuned = build_executable(apply_default_schedules(prepared.mod, target), board)
-        variants.append(vm_variant(f"{kind}_untuned", untuned, number))
+        variants.append(vm_variant(f"{kind}_untuned", build_executable(prepared.mod, board),
+                                   number))
         progress(f"{block.channels}x{block.size}: tuning {kind} ({trials} trials)")
         database, result = _tune(prepared, board, trials, os.path.join(work, kind))
         tuning[kind] = {"tasks": len(result.tasks), "trials": result.new_trials,
                         "seconds": round(result.seconds, 1)}
-        variants.append(vm_variant(f"{kind}_tuned", build_executable(
-            apply_default_schedules(prepared.mod, target, database), board, database), number))
+        variants.append(vm_variant(f"{kind}_tuned",
+                                   build_executable(prepared.mod, board, database), number))
     return variants, tuning
 
 
@@ -144,9 +140,6 @@ def end_to_end(source: ModelSource, board: Board, log_dir: str | None,
     """Build ``source`` four ways (stock/fused x untuned/tuned with its database)."""
     import torch
 
-    from tvmc_attend.schedules import apply_default_schedules
-
-    target = board.tvm_target()
     stock = prepare_model(source, fuse_dcac=False)
     fused = with_dcac_fused(stock)
     imported = stock.imported
@@ -156,11 +149,9 @@ def end_to_end(source: ModelSource, board: Board, log_dir: str | None,
     variants, tasks, tuned_tasks = [], {}, {}
     for kind, prepared in (("stock", stock), ("fused", fused)):
         progress(f"{imported.name}: building {kind} (untuned and tuned)")
-        untuned = build_executable(apply_default_schedules(prepared.mod, target), board)
-        variants.append(vm_variant(f"{kind}_untuned", untuned, 1))
-        tuned = build_executable(apply_default_schedules(prepared.mod, target, database),
-                                 board, database)
-        variants.append(vm_variant(f"{kind}_tuned", tuned, 1))
+        variants.append(vm_variant(f"{kind}_untuned", build_executable(prepared.mod, board), 1))
+        variants.append(vm_variant(f"{kind}_tuned",
+                                   build_executable(prepared.mod, board, database), 1))
         mods = [task.dispatched[0] for task in extract_tasks(prepared, board)]
         tasks[kind] = len(mods)
         tuned_tasks[kind] = sum(1 for n in count_records(database, mods) if n) if database else 0

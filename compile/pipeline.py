@@ -48,6 +48,16 @@ def with_dcac_fused(prepared: PreparedModel) -> PreparedModel:
                          fused_dcac=prepared.fused_dcac + fusion.fused)
 
 
+def named_database(database_dir: str, board: Board) -> TuningDatabase:
+    """A database asked for by name (--database): it must exist and match the target, since
+    refusing is the only safe answer for it."""
+    named = TuningDatabase(database_dir)
+    if not named.exists():
+        raise UserError(f"no tuning database at {database_dir}; tune first or drop --database")
+    named.check_target(board)
+    return named
+
+
 def open_database(board: Board, model_name: str, log_dir: str | None,
                   database_dir: str | None) -> tuple[Any, TuningInfo, list[str]]:
     """The tuning database to build with, how it is recorded, and warnings for the user.
@@ -56,20 +66,17 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
     (``<log_dir>/<target>/<model>``) is used when present, else the build is untuned.
     """
     warnings: list[str] = []
-    db_dir = (TuningDatabase(database_dir) if database_dir
-              else TuningDatabase.for_model(log_dir, board, model_name))
+    if database_dir:
+        db_dir = named_database(database_dir, board)
+    else:
+        db_dir = TuningDatabase.for_model(log_dir, board, model_name)
     if not db_dir.exists():
-        if database_dir:
-            raise UserError(f"no tuning database at {database_dir}; tune first or drop "
-                            "--database")
         warnings.append(f"no tuning database at {db_dir.path}: building untuned (run "
                         f"`tvmc-attend tune --model {model_name} --target {board.name}`)")
         return None, TuningInfo(), warnings
     try:
         info = db_dir.check_target(board)
     except UserError as err:
-        if database_dir:  # asked for by name: refusing is the only safe answer
-            raise
         # The default database was tuned on another machine (e.g. a committed host database
         # and a different CPU): its schedules may not even run here, so build untuned.
         warnings.append(f"{err}; building untuned")
@@ -97,11 +104,7 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
     require_cross_compiler(board)  # fail before minutes of import and build
     check_output_dir(os.path.abspath(out_dir))
     if not untuned and database_dir:  # refuse a wrong --database before the import, too
-        named = TuningDatabase(database_dir)
-        if not named.exists():
-            raise UserError(f"no tuning database at {database_dir}; tune first or drop "
-                            "--database")
-        named.check_target(board)
+        named_database(database_dir, board)
     return compile_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, out_dir,
                             untuned=untuned, log_dir=log_dir, database_dir=database_dir,
                             warn=warn)
