@@ -19,8 +19,8 @@ Stages (block names are what ``schedules/`` schedules):
   q2p   max-pool of k1a, zero-padded
   k2    grouped conv over q2p (reduction)
   k2a   SiLU(k2 + b2)
-  a0    1x1 conv (reduction)
-  t     1 + s * sigmoid(a0 + b3)
+  a0    1x1 conv over the flattened condensed map (reduction)
+  t     1 + s * sigmoid(a0 + b3), flat like a0
   tw    t widened to the full width (condensed height), so the gate reads rows contiguously
   dcac  V * tw[nearest(h)]
 """
@@ -299,15 +299,22 @@ def dcac_compute(spec: DCACSpec) -> tuple[list[Any], Any]:
     k2a = te.compute(k2.shape, lambda b, e, i, j: _silu(k2[b, e, i, j] + b2[e]), name="k2a")
     re = te.reduce_axis((0, spec.expand_in), name="a0_re")
     h2, w2_ = spec.condensed
+    # The 1x1 expansion over the flattened condensed map (its taps make the flat map
+    # contiguous). Flat in the definition, not by fusing rows and columns in a schedule: a
+    # tile of a fused loop that does not divide the row width makes the write-back of its
+    # accumulators cover whole rows, and it overwrote other tiles' results (72x72 was 26 % off).
     a0 = te.compute(
-        (spec.batch, spec.channels, h2, w2_),
-        lambda b, c, i, j: te.sum(k2a[b, spec.conv2.channel(re), i, j] * w3[re, c], axis=re),
+        (spec.batch, spec.channels, h2 * w2_),
+        lambda b, c, f: te.sum(
+            k2a[b, spec.conv2.channel(re), f // w2_, f % w2_] * w3[re, c], axis=re),
         name="a0")
-    t = te.compute(a0.shape, lambda b, c, i, j: 1.0 + s[c] * _sigmoid(a0[b, c, i, j] + b3[c]),
+    # ``t`` stays flat too: a consumer indexing a0[i * W2 + j] leaves TVM to invert that
+    # index when it computes ``t`` at the expansion's loop, which it does not do exactly.
+    t = te.compute(a0.shape, lambda b, c, f: 1.0 + s[c] * _sigmoid(a0[b, c, f] + b3[c]),
                    name="t")
     near_h, near_w = _nearest(h2, spec.height), _nearest(w2_, spec.width)
     tw = te.compute((spec.batch, spec.channels, h2, spec.width),
-                    lambda b, c, i, x: t[b, c, i, near_w(x)], name="tw")
+                    lambda b, c, i, x: t[b, c, i * w2_ + near_w(x)], name="tw")
     out = te.compute(v.shape, lambda b, c, y, x: v[b, c, y, x] * tw[b, c, near_h(y), x],
                      name=OUTPUT_BLOCK)
     return [v, w1, b1, w2, b2, w3, b3, s], out

@@ -9,8 +9,9 @@ The sketch, stage by stage (block names from ``relay_ops.dcac_op``):
   the loops run ``group, channel tile, row tile | column tile | reduction | rows, channels,
   vector registers, lanes``. The vector axis is the one that fills registers better: columns
   on large maps, output channels (contiguous in the weight layout, padded to whole vectors)
-  on small ones (7x7: 4-wide rows). The expansion flattens rows and columns first (its 1x1
-  taps make the flat map contiguous). The SiLU runs in each conv's epilogue.
+  on small ones (7x7: 4-wide rows). The expansion is defined over the flat condensed map (its
+  1x1 taps make it contiguous), so its column tiles may span rows. The SiLU runs in each
+  conv's epilogue.
 - every vector loop is at most one register wide (ISA lanes), longer ones are unrolled
   register by register: a 24- or 28-lane TVM vector measured 6-13x slower.
 - the gate (``dcac``): parallel over channel tiles, the widened gate row ``tw`` computed per
@@ -139,25 +140,26 @@ def _schedule_pool(ctx: _Ctx, name: str) -> None:
     sch.parallel(sch.fuse(b, c))
 
 
-def _schedule_reduction(ctx: _Ctx, block: Any, group_size: int, flatten: bool,
-                        at_root: bool) -> Any:
-    """Register-tile a reduction block whose own loops are ``b, o, i, j, *reductions``
-    (compute_at keeps the unit ``b`` loop: every caller passes ``preserve_unit_loops``).
+def _schedule_reduction(ctx: _Ctx, block: Any, group_size: int, at_root: bool) -> Any:
+    """Register-tile a reduction block whose own loops are ``b, o, [i,] j, *reductions``
+    (``j`` alone: a flat map; compute_at keeps the unit ``b`` loop: every caller passes
+    ``preserve_unit_loops``).
 
     ``o`` is split into groups of ``group_size`` channels; accumulators live in a local buffer
     written back per column tile. Returns the outermost loop, for consumers to be computed at.
     """
     sch, isa = ctx.sch, ctx.isa
-    n_red = sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) != 0)
+    iter_vars = sch.get(block).iter_vars
+    n_red = sum(1 for iv in iter_vars if int(iv.iter_type) != 0)
+    n_spatial = len(iter_vars) - n_red
     loops = sch.get_loops(block)
-    b, o, i, j = loops[-(n_red + 4):-n_red]
-    reductions = loops[-n_red:]
+    spatial, reductions = loops[-(n_red + n_spatial):-n_red], loops[-n_red:]
+    b, o, *i, j = spatial
+    i = i[0] if i else None
     groups = []
     if ctx.extent(o) > group_size:
         group, o = sch.split(o, [None, group_size])
         groups = [group]
-    if flatten:
-        j, i = sch.fuse(i, j), None
     channels, width = ctx.extent(o), ctx.extent(j)
     acc = isa.accumulators
     over_channels = ctx.fill(channels) > ctx.fill(width)
@@ -184,9 +186,18 @@ def _schedule_reduction(ctx: _Ctx, block: Any, group_size: int, flatten: bool,
         sch.parallel(top)
     local = sch.cache_write(block, 0, "local")
     if over_channels:  # accumulators with the channel axis innermost, or they are strided
-        sch.transform_layout(block, ("write", 0), lambda n, c, h, w: (n, h, w, c))
+        sch.transform_layout(block, ("write", 0), lambda n, c, *hw: (n, *hw, c))
     sch.reverse_compute_at(local, jo, preserve_unit_loops=True)
-    ctx.vectorize(sch.get_loops(local)[-1])
+    # The write-back must cover the tile exactly, or it copies stale accumulators over other
+    # tiles' results; so no split whose factor was computed from a sampled extent (replayed
+    # with other decisions it leaves a predicated tail, and TVM over-estimates the written
+    # region). Over columns its innermost loop is whole registers of the fixed lane count;
+    # over channels it is the sampled column tile (at most a register or so): vectorised whole.
+    writeback = sch.get_loops(local)[-1]
+    if over_channels:
+        sch.vectorize(writeback)
+    else:
+        ctx.vectorize(writeback)
     for loop in inner[:-1]:
         sch.unroll(loop)
     sch.vectorize(inner[-1])
@@ -222,9 +233,9 @@ def _schedule_gate(ctx: _Ctx, tail: str) -> None:
     if tail == TAIL_AT_GATE:
         sch.compute_at(sch.get_sblock("t"), top, preserve_unit_loops=True)
         sch.compute_at(a0, top, preserve_unit_loops=True)
-        _schedule_reduction(ctx, a0, channels, flatten=True, at_root=False)
+        _schedule_reduction(ctx, a0, channels, at_root=False)
     else:
-        loop = _schedule_reduction(ctx, a0, channels, flatten=True, at_root=True)
+        loop = _schedule_reduction(ctx, a0, channels, at_root=True)
         _elementwise_after(ctx, "t", loop)
 
 
@@ -241,8 +252,7 @@ def schedule_dcac(sch: Any, isa: DCACIsa, knobs: Knobs, tail: str = DEFAULT_TAIL
     _schedule_gate(ctx, tail)
     for conv, pool in (("k1", "q1p"), ("k2", "q2p")):
         block = sch.get_sblock(conv)
-        top = _schedule_reduction(ctx, block, _group_size(sch, block), flatten=False,
-                                  at_root=True)
+        top = _schedule_reduction(ctx, block, _group_size(sch, block), at_root=True)
         _elementwise_after(ctx, f"{conv}a", top)  # the SiLU, in the conv's epilogue
         _schedule_pool(ctx, pool)
     knobs.unroll(sch, sch.get_sblock("root"))
