@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -104,12 +105,28 @@ def serve_command(
     port: int = typer.Option(9090, help="Port to bind."),
     tracker: str = typer.Option(None, help="HOST:PORT of an RPC tracker to register with."),
     key: str = typer.Option(None, help="Key to register under at the tracker, e.g. rpi4."),
+    allow: Annotated[list[str] | None, typer.Option(
+        "--allow", metavar="ADDR[/BITS]",
+        help="Only peers in this IPv4/IPv6 network may connect (repeatable; loopback is not "
+             "implied). Default: anyone who can reach the bound address.")] = None,
 ) -> None:
     """Run TVM's RPC server on this board in the foreground (Ctrl-C stops it)."""
     from tvmc_attend.device.rpc import parse_address, port_free
-    from tvmc_attend.device.server import SECURITY_WARNING, serve
+    from tvmc_attend.device.server import (
+        SECURITY_WARNING,
+        exposed_warning,
+        is_loopback,
+        parse_allow,
+        serve,
+    )
+    from tvmc_attend.device.tracker import wait_for_tracker
     from tvmc_attend.errors import UserError
 
+    allow = allow or []
+    try:
+        parse_allow(allow)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     tracker_addr = parse_address(tracker, "--tracker") if tracker else None
     if tracker_addr and not key:
         raise UserError("--tracker needs --key KEY: the key clients will ask for (the board's "
@@ -119,8 +136,12 @@ def serve_command(
                         "with --rpc-host)")
     if not port_free(host, port):
         raise UserError(f"port {port} on {host} is in use: pick another with --port")
-    print(SECURITY_WARNING, file=sys.stderr)
-    serve(host, port, tracker_addr, key or "")
+    exposed = not allow and not is_loopback(host)
+    print(exposed_warning(host, port) if exposed else SECURITY_WARNING, file=sys.stderr,
+          flush=True)
+    if tracker_addr:  # started right after its tracker: wait for it, as emulated boards do
+        wait_for_tracker(*tracker_addr, flag="--tracker", progress=lambda m: print(m, flush=True))
+    serve(host, port, tracker_addr, key or "", allow=allow)
 
 
 def register(app: typer.Typer) -> None:

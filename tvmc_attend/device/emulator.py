@@ -133,8 +133,8 @@ def start(
         raise UserError("--key needs --tracker HOST:PORT (without a tracker, clients connect "
                         "with --rpc-host)")
     key = (key or board.rpc_key) if tracker_addr else None
-    if tracker_addr:  # fail now, not after a 45 s start
-        tracker_client.summary(*tracker_addr, flag="--tracker")
+    if tracker_addr:  # fail now, not after a 45 s start; but give a starting tracker time
+        tracker_client.wait_for_tracker(*tracker_addr, flag="--tracker", progress=progress)
     if port is None:
         port = free_port(HOST, FIRST_PORT)
     elif not port_free(HOST, port):

@@ -3,6 +3,9 @@
 The client side speaks the tracker's small JSON protocol (``tvm.rpc.base``) over a plain socket
 instead of ``tvm.rpc.connect_tracker``: that one retries an unreachable tracker for 60 s and
 blocks forever on a key without servers, and importing TVM costs 5-13 s.
+
+A tracker run here (``run_tracker``) can take ``--allow``: connections from other peers are
+closed right after accept(), as the RPC server does (``server.AllowListSocket``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,24 +40,39 @@ RPC_TRACKER_MAGIC = 0x2F271
 CODE_SUCCESS = 0
 CODE_REQUEST = 4
 CODE_SUMMARY = 6
+WAIT_S = 60.0  # how long a board waits for its tracker to come up, as TVM's own server does
 
 
-def _unreachable(host: str, port: int, flag: str) -> UserError:
-    return UserError(f"cannot reach RPC tracker at {format_address(host, port)}: start one with "
-                     f"`tvmc-attend tracker` or check {flag}")
+class TrackerUnreachable(UserError):
+    """Nothing answers at the tracker's address (yet): the one error worth waiting out."""
+
+
+def _unreachable(host: str, port: int, flag: str) -> TrackerUnreachable:
+    return TrackerUnreachable(f"cannot reach RPC tracker at {format_address(host, port)}: start "
+                              f"one with `tvmc-attend tracker` or check {flag}")
 
 
 def _open(host: str, port: int, timeout_s: float, flag: str) -> socket.socket:
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
-        sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
-        if struct.unpack("<i", _recv(sock, 4))[0] != RPC_TRACKER_MAGIC:
-            sock.close()
-            raise UserError(f"{format_address(host, port)} answers but is not a TVM RPC tracker: "
-                            f"check {flag}")
-        return sock
     except OSError as err:
         raise _unreachable(host, port, flag) from err
+    try:
+        sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
+        magic = struct.unpack("<i", _recv(sock, 4))[0]
+    except ConnectionError as err:  # accepted, then closed without a byte: an --allow list
+        sock.close()
+        raise UserError(f"RPC tracker at {format_address(host, port)} closed the connection "
+                        "without answering: its --allow may not include this machine's address "
+                        f"(or it is not a TVM RPC tracker); check {flag}") from err
+    except OSError as err:
+        sock.close()
+        raise _unreachable(host, port, flag) from err
+    if magic != RPC_TRACKER_MAGIC:
+        sock.close()
+        raise UserError(f"{format_address(host, port)} answers but is not a TVM RPC tracker: "
+                        f"check {flag}")
+    return sock
 
 
 def _recv(sock: socket.socket, nbytes: int) -> bytes:
@@ -83,6 +102,29 @@ def summary(host: str, port: int, timeout_s: float = 5.0, flag: str = "--rpc-tra
     if code != CODE_SUCCESS:
         raise UserError(f"RPC tracker at {format_address(host, port)} refused a summary")
     return info
+
+
+def wait_for_tracker(host: str, port: int, flag: str = "--tracker", timeout_s: float = WAIT_S,
+                     progress: Callable[[str], Any] = print) -> dict:
+    """Wait until the tracker answers (at most ``timeout_s``) and return its summary.
+
+    Boards are often started right after their tracker, which needs seconds to come up (it
+    imports TVM): failing at once would make every such script racy. Only "nothing answers" is
+    waited out; a tracker that refuses this machine fails at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    waiting = False
+    while True:
+        try:
+            return summary(host, port, timeout_s=min(5.0, timeout_s), flag=flag)
+        except TrackerUnreachable as err:
+            if time.monotonic() >= deadline:
+                raise TrackerUnreachable(f"{err} (waited {timeout_s:g} s)") from err
+        if not waiting:
+            progress(f"waiting for RPC tracker at {format_address(host, port)} "
+                     f"(up to {timeout_s:g} s) ...")
+            waiting = True
+        time.sleep(0.5)
 
 
 def servers(info: dict, key: str | None = None) -> list[tuple[str, str, int]]:
@@ -187,25 +229,68 @@ def start_tracker(host: str = "127.0.0.1", port: int | None = None,
         time.sleep(0.5)
 
 
-def run_tracker(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
-    """Run a tracker in the foreground until Ctrl-C."""
-    _check_port(host, port)
-    from tvm.rpc.tracker import Tracker
+def run_tracker(host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                allow: Iterable[str] = ()) -> None:
+    """Run a tracker in the foreground until Ctrl-C.
 
-    tracker = Tracker(host, port=port, port_end=port + 1)
-    address = format_address(host, tracker.port)
-    print(f"RPC tracker listening on {address} (Ctrl-C to stop)", flush=True)
+    ``allow`` (``--allow`` values): only peers in these networks may connect; others are closed
+    right after accept() and logged. Loopback is not implied.
+    """
+    from tvmc_attend.device.server import is_loopback, parse_allow
+
+    allow = tuple(allow)
+    try:
+        parse_allow(allow)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if not allow and not is_loopback(host):
+        print(f"warning: the RPC tracker on {format_address(host, port)} answers anyone who can "
+              "reach it and hands out your boards (which run any code uploaded to them): pass "
+              "--allow ADDR[/BITS] for the machines that may use it, or keep it on 127.0.0.1 "
+              "and use SSH tunnels", file=sys.stderr, flush=True)
+    _check_port(host, port)
+    from tvm.support.popen_pool import PopenWorker
+
+    # TVM's Tracker class, but with our start function in its worker process (to filter peers).
+    worker = PopenWorker()
+    worker.send(_start_tracker_in_worker, [host, port, port + 1, allow])
+    bound_port, _stop_key = worker.recv()
+    address = format_address(host, bound_port)
+    only = f" (only {', '.join(allow)} may connect)" if allow else ""
+    print(f"RPC tracker listening on {address}{only} (Ctrl-C to stop)", flush=True)
     print(f"  register a board:  tvmc-attend device serve --tracker {address} --key rpi4  "
           f"(on the board), or tvmc-attend device emulate --board rpi4 --tracker {address}")
     print(f"  use it:            tvmc-attend tune --target rpi4 --rpc-tracker {address} "
           "--rpc-key rpi4")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` cleans up like Ctrl-C
     try:
-        tracker.proc.join()
+        worker.join()
     except KeyboardInterrupt:
         print("stopping the tracker")
     finally:
-        tracker.terminate()
+        # kill, not TVM's stop request: that connects from 127.0.0.1, which --allow may refuse
+        worker.kill()
+
+
+def _start_tracker_in_worker(host: str, port: int, port_end: int,
+                             allow: tuple[str, ...]) -> tuple[int, str]:
+    """Runs in the tracker's popen worker: TVM's tracker, refusing peers outside ``allow``."""
+    from tvm.rpc import tracker as rpc_tracker
+
+    from tvmc_attend.device.server import AllowListSocket, parse_allow
+
+    if allow:
+        networks = parse_allow(allow)
+        original = rpc_tracker._tracker_server
+
+        def tracker_server(listen_sock, stop_key):
+            def log(message: str) -> None:
+                rpc_tracker.logger.warning("%s", message)
+
+            original(AllowListSocket(listen_sock, networks, log), stop_key)
+
+        rpc_tracker._tracker_server = tracker_server  # the thread target, looked up at start
+    return rpc_tracker._popen_start_tracker_server(host, port, port_end)
 
 
 def _check_port(host: str, port: int) -> None:
