@@ -30,6 +30,7 @@ from .variants import (
     torch_variant,
     tvm_variant,
 )
+from .verify import reference_for
 
 # Display order and labels of the variants (JSON keys as the CLI contract names them).
 VARIANT_LABELS = {
@@ -50,6 +51,7 @@ class BenchmarkReport:
     variants: list[Variant]
     tuning: dict[str, Any]
     notes: list[str]
+    reference: str | None = None  # what every variant's max_rel_err is measured against
     date: str = field(default_factory=lambda: datetime.datetime.now(
         datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -68,12 +70,12 @@ class BenchmarkReport:
             "model": self.model, "target": self.board, "device": self.device,
             "emulated": self.emulated, "threads": self.threads, "date": self.date,
             "machine": machine_info(), "tuning": self.tuning, "notes": self.notes,
-            "ratios": self.ratios(),
+            "reference": self.reference, "ratios": self.ratios(),
         }
         for v in self.variants:
             entry = v.stats().as_dict()
             entry.update(label=VARIANT_LABELS[v.key], throughput_ips=1e3 / entry["median_ms"],
-                         max_rel_err_vs_torch=v.max_rel_err, emulated=self.emulated
+                         max_rel_err=v.max_rel_err, emulated=self.emulated
                          and v.key.startswith("tvm"), note=v.note)
             data[v.key] = entry
         return data
@@ -100,10 +102,8 @@ def run_benchmark(source: ModelSource, board: Board, remote_session: Any = None,
     tuned_meta = compile_prepared(prepared, board, tuned_dir, log_dir=log_dir,
                                   warn=notes.append)
     x = random_input(imported.input_shape, imported.input_dtype)
-    reference = None
-    if imported.torch_module is not None:
-        with torch.inference_mode():
-            reference = imported.torch_module(torch.from_numpy(x)).numpy()
+    framework = reference_for(imported)  # PyTorch, or ONNX Runtime for a .onnx file
+    reference = framework.run(x) if framework is not None else None
 
     variants = [tvm_variant("tvm_untuned", untuned_dir, remote_session, threads)]
     if tuned_meta["tuned"]:
@@ -126,7 +126,7 @@ def run_benchmark(source: ModelSource, board: Board, remote_session: Any = None,
               "fused_dcac": tuned_meta["fused_dcac"]}
     return BenchmarkReport(model=imported.name, board=board.name, threads=threads,
                            emulated=emulated, device=device, variants=variants, tuning=tuning,
-                           notes=notes)
+                           notes=notes, reference=framework.name if framework else None)
 
 
 def write_json(report: Any, path: str) -> None:

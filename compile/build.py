@@ -15,17 +15,40 @@ def build_executable(mod: Any, board: Board, database: Any = None) -> Any:
     """Compile ``mod`` for ``board``. Without a database the CPU build is only legalised and
     fused (loops unscheduled); with one, every tuned task gets its best measured schedule.
     Fused DC-AC operators without a record get their default schedule either way."""
+    return build_scheduled(schedule_module(mod, board, database), board.tvm_target())
+
+
+def schedule_module(mod: Any, board: Board, database: Any = None) -> Any:
+    """``mod`` legalised, fused and scheduled for ``board`` (records of ``database``, and the
+    DC-AC default schedule where no record applies), not yet lowered: the one graph and set
+    of schedules that ``build_scheduled`` turns into code for the board, or for this host
+    when a board's build is verified here (its "host twin")."""
     import tvm
+    from tvm import relax
 
     from tvmc_attend.schedules import apply_default_schedules
 
     target = board.tvm_target()
-    mod = apply_default_schedules(mod, target, database)
+    mod = fuse_for_tuning(apply_default_schedules(mod, target, database), board)
     if database is None:
-        return tvm.compile(mod, target=target)
-    from tvm.s_tir import meta_schedule as ms
+        return mod
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
-    return ms.relax_integration.compile_relax(database, mod, target, params=None)
+
+def build_scheduled(mod: Any, target: Any) -> Any:
+    """Lower a module from ``schedule_module`` and generate code for ``target`` (what
+    ``tvm.compile`` and MetaSchedule's ``compile_relax`` do after fusion)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    # Our targets are all CPUs. (relax.pipeline.dataflow_lower_passes fails for them in 0.27:
+    # cpu_generic does not export it; compile_relax falls back to the same list.)
+    lower = tvm.transform.Sequential([*cpu.dataflow_lower_passes(target),
+                                      *cpu.finalize_passes(target)])
+    with target, tvm.transform.PassContext(opt_level=3):
+        return relax.build(mod, target=target, relax_pipeline=lower)
 
 
 def fuse_for_tuning(mod: Any, board: Board) -> Any:

@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from .build import export_library
 
 if TYPE_CHECKING:  # the frontend imports TVM; `compile -o` is checked before that
     from .frontend import ImportedModel
+    from .verify import Verification
 
 LOADER_SOURCE = attend_runtime.__file__
 
@@ -40,7 +42,8 @@ class TuningInfo:
 
 
 def _metadata(imported: ImportedModel, board: Board, library: str, sha256: str,
-              tuning: TuningInfo, fused_dcac: int) -> dict[str, Any]:
+              tuning: TuningInfo, fused_dcac: int,
+              verified: Verification | None) -> dict[str, Any]:
     import tvm
 
     return {
@@ -58,10 +61,18 @@ def _metadata(imported: ImportedModel, board: Board, library: str, sha256: str,
         "tuning": {"database": tuning.database, "records": tuning.records,
                    "emulated": tuning.emulated, **tuning.extra},
         "fused_dcac": fused_dcac,
+        # What `compile` checked against the framework (None: --no-verify).
+        "verified": verified.as_dict() if verified is not None else None,
         "library": {"file": library, "sha256": sha256},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "compiled_on": platform.node(),
     }
+
+
+def _write_metadata(bundle_dir: str, meta: dict[str, Any]) -> None:
+    with open(os.path.join(bundle_dir, attend_runtime.METADATA_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
 
 
 def check_output_dir(out_dir: str) -> None:
@@ -74,9 +85,16 @@ def check_output_dir(out_dir: str) -> None:
                         "choose another -o path or empty it")
 
 
+BundleCheck = Callable[[str], "Verification | None"]
+
+
 def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable: Any,
-                 tuning: TuningInfo | None = None, fused_dcac: int = 0) -> dict[str, Any]:
-    """Export ``executable`` into the bundle directory ``out_dir``; return its metadata."""
+                 tuning: TuningInfo | None = None, fused_dcac: int = 0,
+                 check: BundleCheck | None = None) -> dict[str, Any]:
+    """Export ``executable`` into the bundle directory ``out_dir``; return its metadata.
+
+    ``check`` gets the finished bundle in its staging directory before it is moved into
+    place: what it returns is recorded as ``verified``, and an exception leaves nothing."""
     tuning = tuning or TuningInfo()
     out_dir = os.path.abspath(out_dir)
     check_output_dir(out_dir)
@@ -88,12 +106,14 @@ def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable
         library = f"{imported.name}-{board.name}.so"
         lib_path = os.path.join(staging, library)
         export_library(executable, board, lib_path)
-        meta = _metadata(imported, board, library, attend_runtime.sha256_of(lib_path),
-                         tuning, fused_dcac)
-        with open(os.path.join(staging, attend_runtime.METADATA_FILE), "w") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
+        sha256 = attend_runtime.sha256_of(lib_path)
         shutil.copyfile(LOADER_SOURCE, os.path.join(staging, "attend_runtime.py"))
+        meta = _metadata(imported, board, library, sha256, tuning, fused_dcac, None)
+        _write_metadata(staging, meta)
+        if check is not None:
+            meta = _metadata(imported, board, library, sha256, tuning, fused_dcac,
+                             check(staging))
+            _write_metadata(staging, meta)
         if os.path.isdir(out_dir):
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)

@@ -23,6 +23,7 @@ class ModelSource:
     input_size: int | None = None
     checkpoint: str | None = None
     seed: int = 0
+    input_shape: tuple[int, ...] | None = None  # binds a file's symbolic input dims
 
     @property
     def kind(self) -> str:
@@ -50,7 +51,8 @@ class ImportedModel:
     input_dtype: str
     output_shape: tuple[int, ...]
     output_dtype: str
-    torch_module: Any = field(default=None, repr=False)  # the PyTorch reference, zoo models only
+    torch_module: Any = field(default=None, repr=False)  # the PyTorch reference (zoo, .pt2)
+    path: str | None = None  # the model file (.onnx / .pt2), None for zoo models
 
 
 def _relax_io(mod: Any) -> tuple[str, tuple[int, ...], str, tuple[int, ...], str]:
@@ -104,6 +106,9 @@ def _import_zoo(source: ModelSource) -> ImportedModel:
 
     if source.model not in {spec.name for spec in list_models()}:
         register_saved(source.model)  # a saved `explore` front member, compiled by name
+    if source.input_shape:
+        raise UserError("--input-shape binds the symbolic dims of a model file; a zoo model "
+                        "takes --input-size")
     spec = get_model_spec(source.model)
     model = create_model(source.model, input_size=source.input_size,
                          checkpoint=source.checkpoint, seed=source.seed)
@@ -126,6 +131,25 @@ def _import_pt2(source: ModelSource) -> ImportedModel:
     except Exception as err:
         raise UserError(f"cannot load '{source.model}' as a torch.export program "
                         f"({type(err).__name__}); save it with torch.export.save") from None
+    (user_input,) = [spec.arg.name for spec in exported.graph_signature.input_specs
+                     if spec.kind.name == "USER_INPUT"] or [None]
+    if user_input is None:
+        raise UserError(f"'{source.model}' takes no tensor input; tvmc-attend compiles "
+                        "single-input vision models")
+    node = next(n for n in exported.graph.nodes if n.op == "placeholder" and
+                n.name == user_input)
+    declared = [int(d) if isinstance(d, int) or str(d).isdigit() else str(d)
+                for d in node.meta["val"].shape]
+    shape = bind_input_shape(f"'{source.model}'", declared, source)
+    if shape != declared:  # dynamic (or resized): re-export at the bound, static shape
+        try:
+            with torch.no_grad():
+                exported = torch.export.export(exported.module(), (torch.zeros(shape),))
+        except Exception as err:  # the program's own guards reject the shape
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise UserError(f"'{source.model}' does not accept input shape "
+                            f"{format_shape(shape)} ({first}); pass a shape its dynamic "
+                            "dims allow") from None
     mod = _from_exported_program(exported)
     return _imported(source, mod, torch_module=exported.module())
 
@@ -145,17 +169,56 @@ def _import_onnx(source: ModelSource) -> ImportedModel:
     if len(inputs) != 1:
         raise UserError(f"'{source.model}' has {len(inputs)} inputs; tvmc-attend compiles "
                         "single-input vision models only")
-    dims = inputs[0].type.tensor_type.shape.dim
-    # A symbolic batch dimension becomes 1: bundles are compiled for batch-1 inference.
-    shape = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
-    if source.input_size and len(shape) == 4:
-        shape[-2:] = [source.input_size, source.input_size]
+    declared = [d.dim_value if d.dim_value > 0 else (d.dim_param or "?")
+                for d in inputs[0].type.tensor_type.shape.dim]
+    shape = bind_input_shape(f"'{source.model}' input '{inputs[0].name}'", declared, source)
     try:
         mod = from_onnx(proto, shape_dict={inputs[0].name: shape}, keep_params_in_input=False)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"TVM's ONNX frontend could not import '{source.model}': {first}") from None
     return _imported(source, mod)
+
+
+def format_shape(shape: list[int | str] | tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def bind_input_shape(what: str, declared: list[int | str], source: ModelSource) -> list[int]:
+    """A static input shape for a model whose declared shape may have symbolic dims (names).
+
+    ``--input-shape`` binds every dim (it must agree with the static ones); otherwise a
+    symbolic batch becomes 1 (bundles are compiled for batch-1 inference) and ``--input-size``
+    sets H and W of an NCHW input. Any other symbolic dim is a one-line error naming it.
+    """
+    if source.input_shape:
+        given = list(source.input_shape)
+        clash = len(given) != len(declared) or any(
+            isinstance(d, int) and d != g for d, g in zip(declared, given, strict=False))
+        if clash:
+            raise UserError(f"--input-shape {format_shape(given)} does not fit {what}, whose "
+                            f"shape is {format_shape(declared)}")
+        return given
+    shape = list(declared)
+    if shape and not isinstance(shape[0], int):
+        shape[0] = 1
+    if source.input_size and len(shape) == 4:
+        shape[-2:] = [source.input_size, source.input_size]
+    symbolic = [str(d) for d in shape if not isinstance(d, int)]
+    if symbolic:
+        example = format_shape([d if isinstance(d, int) else 224 for d in shape])
+        raise UserError(f"{what} has symbolic dimension{'s' if len(symbolic) > 1 else ''} "
+                        f"{', '.join(symbolic)} (shape {format_shape(declared)}); bind them "
+                        f"with --input-shape, e.g. --input-shape {example}")
+    return shape
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``1x3x224x224`` (or ``1,3,224,224``) -> (1, 3, 224, 224)."""
+    parts = text.replace(",", "x").lower().split("x")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"--input-shape '{text}' is not a shape; write it like 1x3x224x224")
+    return tuple(int(p) for p in parts)
 
 
 def _require_file(path: str) -> None:
@@ -168,7 +231,8 @@ def _imported(source: ModelSource, mod: Any, torch_module: Any = None) -> Import
     name, in_shape, in_dtype, out_shape, out_dtype = _relax_io(mod)
     return ImportedModel(name=source.name, source=source.kind, mod=mod, input_name=name,
                          input_shape=in_shape, input_dtype=in_dtype, output_shape=out_shape,
-                         output_dtype=out_dtype, torch_module=torch_module)
+                         output_dtype=out_dtype, torch_module=torch_module,
+                         path=None if source.kind == "zoo" else source.model)
 
 
 _FRONTENDS: dict[str, Callable[[ModelSource], ImportedModel]] = {

@@ -11,10 +11,11 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.relay_ops import fold_for_inference
 from tvmc_attend.targets import Board
 
-from .build import build_executable, require_cross_compiler
+from .build import build_scheduled, require_cross_compiler, schedule_module
 from .bundle import TuningInfo, check_output_dir, write_bundle
 from .database import TuningDatabase
 from .frontend import ImportedModel, ModelSource, import_model
+from .verify import Verification, VerifyOptions, verify
 
 
 @dataclass
@@ -94,12 +95,13 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
 
 def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: bool = False,
                    log_dir: str | None = None, database_dir: str | None = None,
-                   fuse_dcac: bool = True,
+                   fuse_dcac: bool = True, verify: VerifyOptions | None = None,
                    warn: Callable[[str], None] = print) -> dict[str, Any]:
     """Compile ``source`` for ``board`` into the bundle ``out_dir``; return its metadata.
 
     The (target, model) tuning database is applied unless ``untuned`` (``warn`` gets why a
-    database was skipped or is suspect); DC-AC blocks are fused unless ``fuse_dcac`` is False.
+    database was skipped or is suspect); DC-AC blocks are fused unless ``fuse_dcac`` is False;
+    the bundle is checked against the model's framework unless ``verify`` is None.
     """
     require_cross_compiler(board)  # fail before minutes of import and build
     check_output_dir(os.path.abspath(out_dir))
@@ -107,12 +109,12 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
         named_database(database_dir, board)
     return compile_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, out_dir,
                             untuned=untuned, log_dir=log_dir, database_dir=database_dir,
-                            warn=warn)
+                            verify=verify, warn=warn)
 
 
 def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
                      untuned: bool = False, log_dir: str | None = None,
-                     database_dir: str | None = None,
+                     database_dir: str | None = None, verify: VerifyOptions | None = None,
                      warn: Callable[[str], None] = print) -> dict[str, Any]:
     """Build an already prepared model into a bundle (importing and folding a model takes up
     to a minute: callers that build one model several ways prepare it once)."""
@@ -122,6 +124,57 @@ def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
                                                    database_dir)
         for message in warnings:
             warn(message)
-    executable = build_executable(prepared.mod, board, database=database)
+    scheduled = schedule_module(prepared.mod, board, database)
+    executable = build_scheduled(scheduled, board.tvm_target())
+    check = None if verify is None else _bundle_check(prepared, board, scheduled, tuning,
+                                                      verify)
     return write_bundle(out_dir, prepared.imported, board, executable, tuning=tuning,
-                        fused_dcac=prepared.fused_dcac)
+                        fused_dcac=prepared.fused_dcac, check=check)
+
+
+def _bundle_check(prepared: PreparedModel, board: Board, scheduled: Any, tuning: TuningInfo,
+                  options: VerifyOptions) -> Callable[[str], Verification | None]:
+    """The check ``write_bundle`` runs on the staged bundle: the shipped loader runs it here
+    (host) or on the board's RPC session; a board without one is checked on its host twin
+    (the same graph and schedules, compiled for this host)."""
+
+    def check(bundle_dir: str) -> Verification | None:
+        from tvmc_attend import attend_runtime
+        from tvmc_attend.targets import get_board
+
+        if board.is_remote and options.session is None:
+            run, where = _vm_runner(build_scheduled(scheduled, get_board("host").tvm_target())), \
+                f"host twin of {board.name}"
+        else:
+            cpus = os.sched_getaffinity(0)
+            run = attend_runtime.load(bundle_dir, remote=options.session)
+            os.sched_setaffinity(0, cpus)  # TVM's thread pool pins the caller to one core
+            where = options.device
+        result = verify(run, prepared.imported, where, options.tolerance)
+        if result is not None and not result.passed:
+            raise UserError(_mismatch(prepared, board, tuning, result))
+        return result
+
+    return check
+
+
+def _vm_runner(executable: Any) -> Callable[[Any], Any]:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _mismatch(prepared: PreparedModel, board: Board, tuning: TuningInfo,
+              result: Verification) -> str:
+    tries = []
+    if prepared.fused_dcac:
+        tries.append("--no-fuse-dcac")
+    if tuning.tuned:
+        tries.append(f"--untuned (or another database than {tuning.database})")
+    tries.append("--tolerance to accept it, --no-verify to skip the check")
+    return (f"the compiled {prepared.imported.name} for {board.name} differs from "
+            f"{result.reference} on a seeded input (max relative error "
+            f"{result.max_rel_err:.2e} > {result.tolerance:g}, run on {result.where}); no "
+            f"bundle was written. Try {', '.join(tries)}")

@@ -95,6 +95,7 @@ def benchmark_command(
     log_dir: str | None = options.LOG_DIR,
     keep: str | None = options.KEEP,
     input_size: int | None = options.INPUT_SIZE,
+    input_shape: str | None = options.INPUT_SHAPE,
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
     rpc_tracker: str | None = options.RPC_TRACKER,
@@ -110,7 +111,7 @@ def benchmark_command(
 ) -> None:
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
     from tvmc_attend.compile import benchmark
-    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.frontend import ModelSource, parse_shape
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
@@ -126,7 +127,8 @@ def benchmark_command(
     board = get_board(target)
     _remote, session, emulated, device = measurement_device(board, rpc_tracker, rpc_key,
                                                             rpc_host, emulate)
-    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
+    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
+                         input_shape=parse_shape(input_shape) if input_shape else None)
     report = benchmark.run_benchmark(
         source, board, remote_session=session, device=device, emulated=emulated,
         rounds=rounds, runs_per_round=runs_per_round, log_dir=log_dir, work_dir=keep,

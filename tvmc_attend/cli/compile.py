@@ -7,7 +7,11 @@ import time
 
 import typer
 
+from tvmc_attend.compile.verify import DEFAULT_TOLERANCE
+from tvmc_attend.errors import UserError
+
 from . import options
+from .remote import resolve_remote
 
 
 def compile_command(
@@ -19,11 +23,27 @@ def compile_command(
     database: str | None = typer.Option(None, "--database",
                                         help="A database directory to apply instead."),
     input_size: int | None = options.INPUT_SIZE,
+    input_shape: str | None = options.INPUT_SHAPE,
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
     fuse_dcac: bool = options.FUSE_DCAC,
+    verify: bool = typer.Option(
+        True, "--verify/--no-verify",
+        help="Run the bundle on a seeded input and compare it with PyTorch (zoo, .pt2) or "
+             "ONNX Runtime (.onnx) before writing it (default: on)."),
+    tolerance: float = typer.Option(
+        DEFAULT_TOLERANCE, "--tolerance", min=0.0,
+        help="Largest max|TVM - reference| / max|reference| that --verify accepts."),
+    rpc_tracker: str | None = options.RPC_TRACKER,
+    rpc_key: str | None = options.RPC_KEY,
+    rpc_host: str | None = options.RPC_HOST,
+    emulate: bool = options.EMULATE,
 ) -> None:
-    """Compile a model for a board into a self-contained bundle directory."""
+    """Compile a model for a board into a self-contained bundle directory.
+
+    The bundle is verified against the model's framework before it is written: on this host,
+    on the board given by --rpc-*/--emulate, or else on the board build's host twin (the same
+    graph and schedules compiled for this host)."""
     from tvmc_attend.compile.bundle import check_output_dir
     from tvmc_attend.targets import get_board
 
@@ -31,13 +51,27 @@ def compile_command(
     board = get_board(target)
     check_output_dir(os.path.abspath(output))
 
-    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.frontend import ModelSource, parse_shape
     from tvmc_attend.compile.pipeline import compile_bundle
+    from tvmc_attend.compile.verify import VerifyOptions
 
-    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
+    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
+                         input_shape=parse_shape(input_shape) if input_shape else None)
+    check = None
+    if verify:
+        remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
+        check = VerifyOptions(tolerance=tolerance)
+        if remote is not None:
+            from tvmc_attend.device import connect
+
+            check.session = connect(remote)
+            check.device = remote.describe() + (" (emulated)" if emulated else "")
+    elif rpc_tracker or rpc_host or emulate:
+        raise UserError("--rpc-*/--emulate only say where --verify runs; drop them with "
+                        "--no-verify")
     start = time.perf_counter()
     meta = compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,
-                          database_dir=database, fuse_dcac=fuse_dcac,
+                          database_dir=database, fuse_dcac=fuse_dcac, verify=check,
                           warn=lambda m: typer.echo(f"warning: {m}", err=True))
     elapsed = time.perf_counter() - start
     how = (f"tuned, {meta['tuning']['records']} records" if meta["tuned"] else "untuned")
@@ -47,6 +81,14 @@ def compile_command(
     typer.echo(f"  input {meta['input']['name']} {meta['input']['shape']} "
                f"{meta['input']['dtype']}, output {meta['output']['shape']}, "
                f"library {meta['library']['file']} sha256 {meta['library']['sha256'][:16]}...")
+    verified = meta["verified"]
+    if verified:
+        typer.echo(f"  verified against {verified['reference']} on {verified['where']}: max "
+                   f"relative error {verified['max_rel_err']:.1e} (tolerance "
+                   f"{verified['tolerance']:g})")
+    else:
+        typer.echo("  not verified (--no-verify)" if not verify else
+                   "  not verified: the model has no framework reference")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,10 @@ MODEL = typer.Option(..., "--model", "-m",
 TARGET = typer.Option("host", "--target", "-t", help="Board preset (see `tvmc-attend targets`).")
 INPUT_SIZE = typer.Option(None, "--input-size",
                           help="Square input resolution for zoo models (multiple of 32).")
+INPUT_SHAPE = typer.Option(
+    None, "--input-shape",
+    help="Input shape of a .onnx/.pt2 file with symbolic dims, e.g. 1x3x224x224 (default: a "
+         "symbolic batch is 1, other symbolic dims must be given).")
 CHECKPOINT = typer.Option(None, "--checkpoint",
                           help="PyTorch state dict for a zoo model (loaded with weights_only).")
 SEED = typer.Option(0, "--seed", help="Seed of the deterministic initialisation (no checkpoint).")

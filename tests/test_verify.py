@@ -1,0 +1,204 @@
+"""`compile` verifies what it writes, and models with dynamic input dims compile or say why.
+
+Every bundle is run on a seeded input and compared with its framework (PyTorch for zoo models
+and .pt2 files, ONNX Runtime for .onnx files) before it is written; the result is recorded in
+the metadata. A mismatch writes nothing. Symbolic dims of .onnx/.pt2 inputs are bound from
+--input-shape (a symbolic batch alone becomes 1); otherwise one line names them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    RTOL,
+    assert_cli_error,
+    assert_depends_on_input,
+    import_bundle_loader,
+    inputs,
+    output,
+    rel_err,
+    run_cli,
+    torch_reference,
+)
+from torch import nn
+
+DCAC = ("--model", "dcac", "--input-size", "12")
+
+
+class TinyNet(nn.Module):
+    """Conv, grouped conv, depthwise conv, pooling and a classifier: any H and W."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.SiLU(),
+            nn.MaxPool2d(2, 2, ceil_mode=True))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def export_onnx(path: Path, dynamic: dict[int, str]) -> Path:
+    torch.onnx.export(TinyNet().eval(), (torch.zeros(1, 3, 32, 32),), str(path),
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": dynamic},
+                      dynamo=False)
+    return path
+
+
+def metadata(bundle: Path) -> dict:
+    return json.loads((bundle / "metadata.json").read_text())
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def test_compile_records_what_it_verified(tmp_path) -> None:
+    result = run_cli("compile", *DCAC, "--target", "host", "-o", tmp_path / "b")
+    assert result.returncode == 0, output(result)
+    verified = metadata(tmp_path / "b")["verified"]
+    assert verified["reference"] == "pytorch" and verified["where"] == "host"
+    assert 0 < verified["max_rel_err"] < verified["tolerance"] == 1e-5
+    assert "verified against pytorch on host" in result.stdout
+
+
+def test_a_mismatch_writes_nothing_and_says_what_to_try(tmp_path) -> None:
+    """A tolerance no float32 build meets: the real check, failing, as a mismatch would."""
+    out = tmp_path / "b"
+    result = run_cli("compile", *DCAC, "--target", "host", "--tolerance", "1e-12", "-o", out)
+    assert_cli_error(result, "differs from pytorch")
+    for hint in ("--no-fuse-dcac", "--no-verify", "--tolerance"):
+        assert hint in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".bundle-*"))
+
+
+def test_no_verify_records_none(tmp_path) -> None:
+    result = run_cli("compile", *DCAC, "--target", "host", "--no-verify", "-o", tmp_path / "b")
+    assert result.returncode == 0, output(result)
+    assert metadata(tmp_path / "b")["verified"] is None
+    assert "not verified (--no-verify)" in result.stdout
+
+
+def test_board_bundle_is_verified_on_its_host_twin(tmp_path) -> None:
+    result = run_cli("compile", *DCAC, "--target", "rpi4", "-o", tmp_path / "b")
+    assert result.returncode == 0, output(result)
+    verified = metadata(tmp_path / "b")["verified"]
+    assert verified["where"] == "host twin of rpi4" and verified["max_rel_err"] < RTOL
+
+
+def test_onnx_bundle_is_verified_against_onnxruntime(tmp_path) -> None:
+    path = export_onnx(tmp_path / "tiny.onnx", {})
+    result = run_cli("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
+    assert result.returncode == 0, output(result)
+    assert metadata(tmp_path / "b")["verified"]["reference"] == "onnxruntime"
+
+
+def test_no_verify_refuses_device_flags(tmp_path) -> None:
+    result = run_cli("compile", *DCAC, "--no-verify", "--rpc-host", "127.0.0.1:9",
+                     "-o", tmp_path / "b")
+    assert_cli_error(result, "--no-verify")
+
+
+@pytest.mark.slow
+def test_attendnext_at_288_matches_pytorch(tmp_path) -> None:
+    """288x288 puts the stage-1 DC-AC at 72x72, where the fused operator was 14 % off."""
+    from tvmc_attend.models import create_model
+
+    bundle = tmp_path / "an288"
+    result = run_cli("compile", "--model", "attendnext", "--input-size", "288", "--target",
+                     "host", "--untuned", "-o", bundle)
+    assert result.returncode == 0, output(result)
+    assert metadata(bundle)["fused_dcac"] == 4
+    module = create_model("attendnext", input_size=288)
+    xs = inputs((1, 3, 288, 288))
+    refs = assert_depends_on_input(module, xs)
+    model = import_bundle_loader(bundle).load(str(bundle))
+    for x, ref in zip(xs, refs, strict=True):
+        assert rel_err(model(x), ref) < RTOL
+
+
+# ------------------------------------------------------------------------- dynamic inputs
+
+
+def test_dynamic_onnx_without_a_shape_names_the_dims(tmp_path) -> None:
+    path = export_onnx(tmp_path / "dyn.onnx", {0: "N", 2: "H", 3: "W"})
+    result = run_cli("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
+    assert_cli_error(result, "symbolic dimensions H, W")
+    assert "--input-shape" in result.stderr and not (tmp_path / "b").exists()
+
+
+def test_dynamic_onnx_with_input_shape_compiles_and_matches(tmp_path) -> None:
+    import onnxruntime as ort
+
+    path = export_onnx(tmp_path / "dyn.onnx", {0: "N", 2: "H", 3: "W"})
+    bundle = tmp_path / "b"
+    result = run_cli("compile", "--model", path, "--input-shape", "1x3x40x24", "--target",
+                     "host", "-o", bundle)
+    assert result.returncode == 0, output(result)
+    meta = metadata(bundle)
+    assert meta["input"]["shape"] == [1, 3, 40, 24]
+    assert meta["verified"]["reference"] == "onnxruntime"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = import_bundle_loader(bundle).load(str(bundle))
+    for x in inputs((1, 3, 40, 24)):
+        assert rel_err(model(x), session.run(None, {"x": x})[0]) < RTOL
+
+
+def test_a_symbolic_batch_alone_becomes_one(tmp_path) -> None:
+    path = export_onnx(tmp_path / "batch.onnx", {0: "batch"})
+    result = run_cli("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
+    assert result.returncode == 0, output(result)
+    assert metadata(tmp_path / "b")["input"]["shape"] == [1, 3, 32, 32]
+
+
+@pytest.mark.parametrize("shape, fragment", [("1x4x32x32", "does not fit"),
+                                             ("1x3x32", "does not fit"),
+                                             ("1x3xbig", "is not a shape")])
+def test_bad_input_shape(shape, fragment, tmp_path) -> None:
+    path = export_onnx(tmp_path / "dyn.onnx", {0: "N", 2: "H", 3: "W"})
+    result = run_cli("compile", "--model", path, "--input-shape", shape, "-o", tmp_path / "b")
+    assert_cli_error(result, fragment)
+
+
+def test_dynamic_pt2(tmp_path) -> None:
+    module = TinyNet().eval()
+    quarter = torch.export.Dim("quarter", min=2, max=64)  # H = W = 4Q: the ceil-mode pool's guard
+    exported = torch.export.export(module, (torch.zeros(2, 3, 32, 32),), dynamic_shapes={
+        "x": {0: torch.export.Dim("N", max=16), 2: 4 * quarter, 3: 4 * quarter}})
+    path = tmp_path / "dyn.pt2"
+    torch.export.save(exported, str(path))
+    result = run_cli("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
+    assert_cli_error(result, "symbolic dimension")
+    bundle = tmp_path / "b"
+    result = run_cli("compile", "--model", path, "--input-shape", "1x3x48x48", "--target",
+                     "host", "-o", bundle)
+    assert result.returncode == 0, output(result)
+    assert metadata(bundle)["verified"]["reference"] == "pytorch"
+    x = np.random.default_rng(0).standard_normal((1, 3, 48, 48)).astype("float32")
+    model = import_bundle_loader(bundle).load(str(bundle))
+    assert rel_err(model(x), torch_reference(module, x)) < RTOL
+
+
+def test_zoo_models_take_input_size_not_shape(tmp_path) -> None:
+    result = run_cli("compile", *DCAC, "--input-shape", "1x40x12x12", "-o", tmp_path / "b")
+    assert_cli_error(result, "--input-size")
+
+
+def test_benchmark_checks_an_onnx_model_against_onnxruntime(tmp_path) -> None:
+    path = export_onnx(tmp_path / "tiny.onnx", {0: "N"})
+    json_path = tmp_path / "bench.json"
+    result = run_cli("benchmark", "--model", path, "--target", "host", "--log-dir",
+                     tmp_path / "logs", "--rounds", 1, "--runs-per-round", 1, "--json", json_path)
+    assert result.returncode == 0, output(result)
+    data = json.loads(json_path.read_text())
+    assert data["reference"] == "onnxruntime"
+    assert data["tvm_untuned"]["max_rel_err"] is not None
+    assert data["tvm_untuned"]["max_rel_err"] <= RTOL
