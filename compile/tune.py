@@ -3,7 +3,8 @@
 Resume works per task: the database already holds N records for a task, so that task gets
 ``trials_per_task - N`` more trials (none when its budget is spent), and a rerun with the same
 budget measures nothing. Every measured candidate is appended to the database as it arrives,
-so Ctrl-C or a lost device keeps every record measured so far.
+so Ctrl-C or a lost device keeps every record measured so far. A run holds its database's
+lock (``TuningDatabase.lock``) throughout: a second run on the same database waits for it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class TuneOptions:
     # A smaller population evolves for fewer generations per round, but rounds are cheap.
     population_size: int = 128
     genetic_num_iters: int = 2
+    # Another tune holding the database: wait for it (True) or raise a UserError naming it.
+    wait: bool = True
 
     def search_strategy(self) -> Any:
         from tvm.s_tir import meta_schedule as ms
@@ -166,8 +169,10 @@ def tune_model(source: ModelSource, board: Board, options: TuneOptions,
     db_dir = TuningDatabase.for_model(options.log_dir, board, source.name)
     if db_dir.exists():
         db_dir.check_target(board)
-    return tune_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, options, remote=remote,
-                         emulated=emulated, on_progress=on_progress, workers=workers)
+    with db_dir.lock(wait=options.wait):  # before the import: --no-wait answers at once
+        return tune_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, options,
+                             remote=remote, emulated=emulated, on_progress=on_progress,
+                             workers=workers)
 
 
 def _require_device(board: Board, remote: Any) -> None:
@@ -186,18 +191,29 @@ def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
     """Extract the tasks of a prepared Relax module and tune them for ``board``, measuring
     locally (host) or over RPC (``remote``: a device.RemoteSpec). ``workers``: devices that
     measure in parallel, when the caller has already checked the device."""
-    from tvm.s_tir import meta_schedule as ms
-
     _require_device(board, remote)
     if workers is None:
         workers = check_device(remote) if remote is not None else 1
     extracted = extract_tasks(prepared, board)
     if not extracted:
         raise UserError(f"{prepared.imported.name} has no tunable operators")
-    device = remote.describe() if remote is not None else "local"
     db_dir = TuningDatabase.for_model(options.log_dir, board, prepared.imported.name)
+    # One writer per database for the whole run: MetaSchedule numbers the workloads it
+    # appends from the file as it read it, so two runs at once attach records to each
+    # other's workloads. (A caller that holds the lock already, tune_model, re-enters it.)
+    with db_dir.lock(wait=options.wait):
+        return _tune_locked(prepared, board, options, extracted, db_dir, remote, emulated,
+                            on_progress, workers)
+
+
+def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
+                 extracted: list[Any], db_dir: TuningDatabase, remote: Any, emulated: bool,
+                 on_progress: ProgressHook | None, workers: int) -> TuneResult:
+    from tvm.s_tir import meta_schedule as ms
+
+    device = remote.describe() if remote is not None else "local"
     database = db_dir.open(board, prepared.imported.name, create=True, emulated=emulated,
-                           device=device)
+                           device=device, input_shape=prepared.imported.input_shape)
     task_mods = [task.dispatched[0] for task in extracted]
     previous = count_records(database, task_mods)
     per_round = options.trials_per_round or _default_per_round(options.trials, len(extracted))

@@ -16,6 +16,7 @@ VERB_MODULES = [
     "compile",
     "run",
     "tune",
+    "db",
     "benchmark",
     "compare",
     "explore",

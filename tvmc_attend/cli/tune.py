@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console, Group
@@ -51,6 +52,7 @@ def tune_command(
         help="Candidates per search round (default: 2-16, so that every task gets one)."),
     log_dir: str | None = options.LOG_DIR,
     input_size: int | None = options.INPUT_SIZE,
+    input_shape: str | None = options.INPUT_SHAPE,
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
     rpc_tracker: str | None = options.RPC_TRACKER,
@@ -58,6 +60,9 @@ def tune_command(
     rpc_host: str | None = options.RPC_HOST,
     emulate: bool = options.EMULATE,
     fuse_dcac: bool = options.FUSE_DCAC,
+    no_wait: bool = typer.Option(
+        False, "--no-wait",
+        help="Exit at once if another tune is using the database (default: wait for it)."),
 ) -> None:
     """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
     from tvmc_attend.targets import get_board
@@ -66,12 +71,25 @@ def tune_command(
     board = get_board(target)
     remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
 
-    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compile.database import TuningDatabase
+    from tvmc_attend.compile.frontend import ModelSource, parse_shape
+
+    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
+                         input_shape=parse_shape(input_shape) if input_shape else None)
+    tune_options = dict(trials=trials, trials_per_task=trials_per_task,
+                        trials_per_round=trials_per_round, seed=seed, log_dir=log_dir,
+                        wait=not no_wait)
+    # One tune per database: lock it before importing TVM and torch (seconds), so that
+    # --no-wait answers at once; tune_model takes the same lock again.
+    with TuningDatabase.for_model(log_dir, board, source.name).lock(wait=not no_wait):
+        _tune(source, board, remote, emulated, fuse_dcac, tune_options)
+
+
+def _tune(source, board, remote, emulated: bool, fuse_dcac: bool,
+          tune_options: dict[str, Any]) -> None:
     from tvmc_attend.compile.tune import TuneOptions, TuneResult, at_most_every, tune_model
 
-    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed)
-    opts = TuneOptions(trials=trials, trials_per_task=trials_per_task,
-                       trials_per_round=trials_per_round, seed=seed, log_dir=log_dir)
+    opts = TuneOptions(**tune_options)
 
     def run(on_progress) -> TuneResult:
         return tune_model(source, board, opts, remote=remote, emulated=emulated,
