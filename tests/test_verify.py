@@ -202,3 +202,14 @@ def test_benchmark_checks_an_onnx_model_against_onnxruntime(tmp_path) -> None:
     assert data["reference"] == "onnxruntime"
     assert data["tvm_untuned"]["max_rel_err"] is not None
     assert data["tvm_untuned"]["max_rel_err"] <= RTOL
+
+
+@pytest.mark.emulated
+def test_board_bundle_is_verified_on_the_board(emulated_rpi4, tmp_path) -> None:
+    bundle = tmp_path / "b"
+    result = run_cli("compile", *DCAC, "--target", "rpi4", "--rpc-tracker",
+                     emulated_rpi4.tracker, "--rpc-key", emulated_rpi4.key, "-o", bundle)
+    assert result.returncode == 0, output(result)
+    verified = metadata(bundle)["verified"]
+    assert emulated_rpi4.key in verified["where"] and "emulated" in verified["where"]
+    assert verified["max_rel_err"] < RTOL
