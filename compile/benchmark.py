@@ -21,7 +21,8 @@ from .build import require_cross_compiler
 from .frontend import ModelSource
 from .inputs import random_input
 from .onnx_export import export_onnx
-from .pipeline import compile_prepared, prepare_model
+from .pipeline import compile_prepared
+from .prepare import prepare_model
 from .variants import (
     Variant,
     check_and_time,

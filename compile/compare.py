@@ -28,7 +28,8 @@ from .build import require_cross_compiler
 from .frontend import ModelSource
 from .inputs import random_input
 from .onnx_export import export_onnx
-from .pipeline import compile_prepared, prepare_model
+from .pipeline import compile_prepared
+from .prepare import prepare_model
 from .tune import TuneOptions, at_most_every, tune_prepared
 from .variants import (
     Variant,

@@ -1,8 +1,8 @@
 """Import a model into Relax: a zoo name (via torch.export), a .onnx file, or a .pt2 program.
 
 Frontends are registered by source kind; ``import_model`` picks one from the model argument.
-Every frontend returns an ``ImportedModel`` whose Relax module still holds the graph as the
-frontend produced it (BatchNorm included); graph rewrites come after, in ``relay_ops``.
+Every frontend returns an ``ImportedModel`` whose Relax module holds the graph exactly as the
+frontend produced it (BatchNorm included); graph rewrites come after (``prepare``).
 """
 
 from __future__ import annotations
@@ -85,16 +85,13 @@ def _relax_io(mod: Any) -> tuple[str, tuple[int, ...], str, tuple[int, ...], str
 def _from_exported_program(exported: Any) -> Any:
     from tvm.relax.frontend.torch import from_exported_program
 
-    from tvmc_attend.relay_ops import fix_torch_nearest_resize  # imports TVM: not at load time
-
     try:
         # unwrap_unit_return_tuple: a tuple result has no .numpy() over RPC.
-        mod = from_exported_program(exported, keep_params_as_input=False,
-                                    unwrap_unit_return_tuple=True)
+        return from_exported_program(exported, keep_params_as_input=False,
+                                     unwrap_unit_return_tuple=True)
     except Exception as err:  # the frontend raises bare asserts/ValueErrors on unsupported ops
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"TVM's torch frontend could not import the model: {first}") from None
-    return fix_torch_nearest_resize(mod)
 
 
 def _import_zoo(source: ModelSource) -> ImportedModel:

@@ -27,7 +27,8 @@ from .build import build_executable
 from .database import TuningDatabase, count_records
 from .frontend import ModelSource
 from .inputs import random_input
-from .pipeline import PreparedModel, open_database, prepare_model, with_dcac_fused
+from .pipeline import open_database
+from .prepare import PreparedModel, prepare_model, with_dcac_fused
 from .tune import TuneOptions, extract_tasks, tune_prepared
 from .variants import Variant, check_and_time, machine_info, vm_variant
 

@@ -4,49 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from tvmc_attend.errors import UserError
-from tvmc_attend.relay_ops import fold_for_inference
 from tvmc_attend.targets import Board
 
 from .build import build_scheduled, require_cross_compiler, schedule_module
 from .bundle import TuningInfo, check_output_dir, write_bundle
 from .database import TuningDatabase
-from .frontend import ImportedModel, ModelSource, import_model
+from .frontend import ModelSource
+from .prepare import PreparedModel, prepare_model
 from .verify import Verification, VerifyOptions, verify
-
-
-@dataclass
-class PreparedModel:
-    """An imported model after the graph rewrites, ready for task extraction or build."""
-
-    imported: ImportedModel
-    mod: Any
-    fused_dcac: int = 0
-
-
-def prepare_model(source: ModelSource, fuse_dcac: bool = True) -> PreparedModel:
-    """Import ``source`` and apply the inference rewrites: BatchNorm folding, then (unless
-    ``fuse_dcac`` is False) the DC-AC fusion."""
-    imported = import_model(source)
-    stock = PreparedModel(imported=imported, mod=fold_for_inference(imported.mod))
-    return with_dcac_fused(stock) if fuse_dcac else stock
-
-
-def with_dcac_fused(prepared: PreparedModel) -> PreparedModel:
-    """``prepared`` with every DC-AC block replaced by the fused operator; blocks the matcher
-    could not match are left alone and logged. Expects folded BatchNorm (conv + bias)."""
-    import logging
-
-    from tvmc_attend.relay_ops import fuse_dcac
-
-    fusion = fuse_dcac(prepared.mod)
-    for reason in fusion.unmatched:
-        logging.getLogger("tvmc_attend.relay_ops").warning("DC-AC not fused: %s", reason)
-    return PreparedModel(imported=prepared.imported, mod=fusion.mod,
-                         fused_dcac=prepared.fused_dcac + fusion.fused)
 
 
 def named_database(database_dir: str, board: Board) -> TuningDatabase:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tvmc_attend.errors import UserError
+from tvmc_attend.schedules import register_rules
 from tvmc_attend.targets import Board
 
 from .build import fuse_for_tuning
@@ -27,7 +28,7 @@ from .database import TuningDatabase, count_records
 from .frontend import ModelSource
 from .intrinsics import load_tensor_intrinsics
 from .measure import MeasureEnvironment, check_device, make_measure_environment
-from .pipeline import PreparedModel, prepare_model
+from .prepare import PreparedModel, prepare_model
 from .replay import MeasuredCandidates
 from .stop import StopFlag, StopRequested
 
@@ -237,6 +238,7 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
     log_dir = os.path.join(db_dir.path, "logs")
     _quiet_metaschedule(log_dir)
     load_tensor_intrinsics(board)
+    register_rules()  # the fused DC-AC operator's design spaces, generated from here on
     measured = MeasuredCandidates.from_database(database, [task_mods[i] for i in pending])
     stop = StopFlag()
     measure_env = make_measure_environment(board, remote, measured, stop, workers=workers)

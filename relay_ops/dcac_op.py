@@ -332,7 +332,7 @@ def dcac_prim_func(spec: DCACSpec) -> Any:
     for block in [root, *sch.get_child_blocks(root)]:
         rule = SCHEDULE_RULE if sch.get(block).name_hint == OUTPUT_BLOCK else "None"
         sch.annotate(block, "schedule_rule", rule)
-    # No global symbol: the module that adds the function names it (see dcac_pattern).
+    # No global symbol: the module that adds the function names it (see fuse_dcac).
     return sch.mod["main"].without_attr("global_symbol").with_attrs({
         "op_pattern": OP_PATTERN_OPAQUE,
         FUNC_ATTR: spec.name,

@@ -1,4 +1,4 @@
-"""Fix nearest-neighbour upsampling imported from PyTorch.
+"""FixTorchNearestResize: nearest-neighbour upsampling imported from PyTorch, made PyTorch's.
 
 TVM 0.27's torch frontend maps ``F.interpolate(mode="nearest")`` to ``resize2d`` with
 ``half_pixel`` coordinates and ``round``: that is PyTorch's "nearest-exact", not "nearest".
@@ -32,10 +32,14 @@ class _NearestToAsymmetricFloor(PyExprMutator):
         )
 
 
-def fix_torch_nearest_resize(mod: tvm.IRModule) -> tvm.IRModule:
-    """Return ``mod`` with every torch-style nearest resize2d using PyTorch's semantics."""
-    updated = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            updated[gvar] = _NearestToAsymmetricFloor().visit_expr(func)
-    return updated
+@tvm.transform.module_pass(opt_level=0, name="tvmc_attend.FixTorchNearestResize")
+class FixTorchNearestResize:
+    """Every torch-style nearest ``resize2d`` rewritten to PyTorch's "nearest" semantics."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext,
+                         ) -> tvm.IRModule:
+        updated = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                updated[gvar] = _NearestToAsymmetricFloor().visit_expr(func)
+        return updated

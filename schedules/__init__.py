@@ -1,8 +1,9 @@
 """Schedules and MetaSchedule search-space rules for our custom operators, per ISA.
 
-Importing this package registers, for every ISA in ``dcac_isa.ISAS``, the MetaSchedule custom
-rule ``s_tir.meta_schedule.<target key>.dcac`` that the fused DC-AC operator's output block
-names in its ``schedule_rule`` attribute.
+``register_rules`` registers, for every ISA in ``dcac_isa.ISAS``, the MetaSchedule custom rule
+``s_tir.meta_schedule.<target key>.dcac`` that the fused DC-AC operator's output block names in
+its ``schedule_rule`` attribute; tuning calls it before MetaSchedule generates design spaces.
+``apply_default_schedules`` gives the build the untuned schedule.
 """
 
 from .dcac import VARIANTS, FixedKnobs, SampledKnobs, schedule_dcac
@@ -10,8 +11,6 @@ from .dcac_isa import ISAS, DCACIsa, isa_for_target
 from .default import apply_default_schedules, default_schedule
 from .registry import register_rules, rule_name
 from .seed import seed_default_records
-
-register_rules()
 
 __all__ = [
     "ISAS",

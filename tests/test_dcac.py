@@ -18,11 +18,17 @@ from torch import nn
 
 from tvmc_attend.compile.build import build_executable, fuse_for_tuning
 from tvmc_attend.compile.frontend import ModelSource
-from tvmc_attend.compile.pipeline import prepare_model
+from tvmc_attend.compile.prepare import preparation_passes, prepare_model
 from tvmc_attend.models import DCAC, DCACConfig, init_weights
-from tvmc_attend.relay_ops import fix_torch_nearest_resize, fold_for_inference, fuse_dcac
+from tvmc_attend.relay_ops import FuseDCAC
 from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR, SCHEDULE_RULE
-from tvmc_attend.schedules import ISAS, apply_default_schedules, isa_for_target, rule_name
+from tvmc_attend.schedules import (
+    ISAS,
+    apply_default_schedules,
+    isa_for_target,
+    register_rules,
+    rule_name,
+)
 from tvmc_attend.schedules.default import SCHEDULED_ATTR
 from tvmc_attend.targets import get_board
 
@@ -41,14 +47,15 @@ def dcac_module(channels: int, size: int, seed: int = 0) -> nn.Module:
 
 
 def relax_of(module: nn.Module, shape: tuple[int, ...]):
-    """``module`` imported from torch.export and BN-folded, as the pipeline does it."""
+    """``module`` imported from torch.export and prepared without the DC-AC fusion, as the
+    pipeline does it."""
     from tvm.relax.frontend.torch import from_exported_program
 
     with torch.no_grad():
         exported = torch.export.export(module.eval(), (torch.zeros(shape),))
     mod = from_exported_program(exported, keep_params_as_input=False,
                                 unwrap_unit_return_tuple=True)
-    return fold_for_inference(fix_torch_nearest_resize(mod))
+    return preparation_passes(".pt2")(mod)
 
 
 def run(mod, x: np.ndarray, target=None) -> np.ndarray:
@@ -58,6 +65,12 @@ def run(mod, x: np.ndarray, target=None) -> np.ndarray:
     executable = tvm.compile(mod, target=target or HOST.tvm_target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def fuse_dcac(mod):
+    """(fused module, the pass that fused it: its ``fused`` and ``unmatched``)."""
+    fusion = FuseDCAC()
+    return fusion(mod), fusion
 
 
 def dcac_funcs(mod) -> list:
@@ -163,7 +176,7 @@ def test_fuses_the_four_dcac_of_attendnext(model, size, frontend, tmp_path) -> N
         source = ModelSource(export_onnx(create_model(model, input_size=size),
                                          torch.zeros(1, 3, side, side),
                                          str(tmp_path / f"{model}.onnx")))
-    fusion = fuse_dcac(prepare_model(source, fuse_dcac=False).mod)
+    _, fusion = fuse_dcac(prepare_model(source, fuse_dcac=False).mod)
     assert (fusion.fused, fusion.unmatched) == (4, [])
 
 
@@ -172,10 +185,10 @@ def test_matches_other_spellings_of_the_block() -> None:
     xs = inputs((1, 16, 14, 14))
     refs = assert_depends_on_input(module, xs)
     mod = relax_of(module, xs[0].shape)
-    fusion = fuse_dcac(mod)
+    fused, fusion = fuse_dcac(mod)
     assert (fusion.fused, fusion.unmatched) == (1, [])
     for x, ref in zip(xs, refs, strict=True):
-        assert rel_err(run(fusion.mod, x), ref) < RTOL
+        assert rel_err(run(fused, x), ref) < RTOL
 
 
 @pytest.mark.parametrize("module, reason", [
@@ -184,8 +197,8 @@ def test_matches_other_spellings_of_the_block() -> None:
 ])
 def test_unmatched_blocks_are_left_alone_and_reported(module, reason) -> None:
     mod = relax_of(module.eval(), (1, 16, 14, 14))
-    fusion = fuse_dcac(mod)
-    assert fusion.fused == 0 and fusion.mod.same_as(mod)
+    fused, fusion = fuse_dcac(mod)
+    assert fusion.fused == 0 and fused.same_as(mod)
     assert len(fusion.unmatched) == 1 and reason in fusion.unmatched[0]
 
 
@@ -200,7 +213,7 @@ def test_fused_operator_equals_the_unfused_graph_and_torch(channels, size) -> No
     xs = inputs((1, channels, size, size))
     refs = assert_depends_on_input(module, xs)
     unfused = relax_of(module, xs[0].shape)
-    fused = fuse_dcac(unfused).mod
+    fused, _ = fuse_dcac(unfused)
     scheduled = apply_default_schedules(fused, HOST.tvm_target())
     for x, ref in zip(xs, refs, strict=True):
         expected = run(unfused, x)
@@ -216,6 +229,7 @@ def test_fused_operator_equals_the_unfused_graph_and_torch(channels, size) -> No
 def test_every_isa_registers_its_rule() -> None:
     import tvm
 
+    register_rules()
     assert isa_for_target(HOST.tvm_target()).name == "avx2"
     assert isa_for_target(RPI4.tvm_target()).name == "neon"
     for key in ISAS:
@@ -226,7 +240,7 @@ def test_every_isa_registers_its_rule() -> None:
 def test_task_extraction_yields_the_fused_operator() -> None:
     from tvm.s_tir import meta_schedule as ms
 
-    mod = fuse_dcac(relax_of(dcac_module(16, 14), (1, 16, 14, 14))).mod
+    mod = fuse_dcac(relax_of(dcac_module(16, 14), (1, 16, 14, 14)))[0]
     tasks = ms.relax_integration.extract_tasks(fuse_for_tuning(mod, HOST), HOST.tvm_target())
     assert [t.task_name for t in tasks] == [dcac_funcs(mod)[0].attrs[FUNC_ATTR]]
 
@@ -242,8 +256,9 @@ def test_schedule_space_samples_survive_postprocessing(board) -> None:
     from tvmc_attend.compile.intrinsics import load_tensor_intrinsics
 
     load_tensor_intrinsics(board)  # as tuning does: TuneContext would import them all (~5 min)
+    register_rules()  # as tuning does
     target = board.tvm_target()
-    mod = fuse_dcac(relax_of(dcac_module(16, 7), (1, 16, 7, 7))).mod
+    mod = fuse_dcac(relax_of(dcac_module(16, 7), (1, 16, 7, 7)))[0]
     task = ms.tune_context._normalize_mod(dcac_funcs(mod)[0])
     context = ms.TuneContext(mod=task, target=target, space_generator="post-order-apply",
                              search_strategy="evolutionary", num_threads=1)
@@ -258,7 +273,7 @@ def test_schedule_space_samples_survive_postprocessing(board) -> None:
 
 
 def test_default_schedule_only_where_no_record_and_input_untouched() -> None:
-    mod = fuse_dcac(relax_of(dcac_module(16, 7), (1, 16, 7, 7))).mod
+    mod = fuse_dcac(relax_of(dcac_module(16, 7), (1, 16, 7, 7)))[0]
     before = mod.script()
     scheduled = apply_default_schedules(mod, HOST.tvm_target())
     assert mod.script() == before  # the input module is not modified in place

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import RTOL, assert_depends_on_input, inputs, rel_err
-from test_dcac import dcac_funcs, relax_of, run
+from test_dcac import dcac_funcs, fuse_dcac, relax_of, run
 
 from tvmc_attend.models import DCAC, DCACConfig, init_weights
-from tvmc_attend.relay_ops import fuse_dcac
-from tvmc_attend.schedules import apply_default_schedules
+from tvmc_attend.schedules import apply_default_schedules, register_rules
 from tvmc_attend.schedules.default import SCHEDULED_ATTR
 from tvmc_attend.targets import get_board
 
@@ -35,9 +34,9 @@ def dcac_block(channels: int, height: int, width: int, seed: int = 0):
         module.scale.copy_(torch.rand_like(module.scale) + 0.5)
     xs = inputs((1, channels, height, width))
     refs = assert_depends_on_input(module, xs)
-    fusion = fuse_dcac(relax_of(module, xs[0].shape))
+    fused, fusion = fuse_dcac(relax_of(module, xs[0].shape))
     assert (fusion.fused, fusion.unmatched) == (1, [])
-    return module, fusion.mod, xs, refs
+    return module, fused, xs, refs
 
 
 # channels: multiples of the 4 groups, and widths whose embedding C/4 rounds up to a
@@ -80,6 +79,7 @@ def _sampled_schedules(func, count: int, seed: int):
     from tvmc_attend.compile.intrinsics import load_tensor_intrinsics
 
     load_tensor_intrinsics(HOST)
+    register_rules()  # as tuning does
     task = ms.tune_context._normalize_mod(func)
     context = ms.TuneContext(mod=task, target=HOST.tvm_target(),
                              space_generator="post-order-apply",

@@ -15,9 +15,9 @@ from helpers import RTOL, assert_depends_on_input, inputs, rel_err
 
 from tvmc_attend.compile.build import build_executable
 from tvmc_attend.compile.frontend import ImportedModel, ModelSource, import_model
+from tvmc_attend.compile.prepare import prepare
 from tvmc_attend.errors import UserError
 from tvmc_attend.models import create_model
-from tvmc_attend.relay_ops import fold_for_inference
 from tvmc_attend.targets import get_board
 
 SIZE = 64  # AttendNeXt input resolution for these tests
@@ -25,10 +25,10 @@ DCAC_SIZE = 16
 
 
 def run_in_tvm(imported: ImportedModel, xs: list[np.ndarray]) -> list[np.ndarray]:
-    """Fold, build for the host, and run ``xs`` through the Relax VM."""
+    """Prepare (without the DC-AC fusion), build for the host, run ``xs`` in the Relax VM."""
     import tvm
 
-    executable = build_executable(fold_for_inference(imported.mod), get_board("host"))
+    executable = build_executable(prepare(imported, fuse_dcac=False).mod, get_board("host"))
     vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
     outs = []
     for x in xs:

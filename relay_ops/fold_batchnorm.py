@@ -1,4 +1,4 @@
-"""Inference simplification: fold BatchNorm into the preceding convolution, fold constants.
+"""FoldBatchNorm: fold BatchNorm into the preceding convolution, then fold constants.
 
 Both frontends keep BatchNorm as ``batch_norm`` ops. Left alone, they become elementwise
 kernels fused around every convolution, which multiplies tuning tasks (66 instead of ~30 on
@@ -11,16 +11,17 @@ import tvm
 from tvm import relax
 
 
-def fold_for_inference(mod: tvm.IRModule) -> tvm.IRModule:
-    """Return ``mod`` with BatchNorm folded into conv2d weights and constants folded."""
-    seq = tvm.transform.Sequential(
-        [
+@tvm.transform.module_pass(opt_level=0, name="tvmc_attend.FoldBatchNorm")
+class FoldBatchNorm:
+    """BatchNorm folded into conv2d weights, the rest decomposed, constants folded."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext,
+                         ) -> tvm.IRModule:
+        return tvm.transform.Sequential([
             relax.transform.FoldBatchnormToConv2D(),
             # BatchNorms that do not follow a conv (rare) become scale + shift.
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),
             relax.transform.DeadCodeElimination(),
-        ]
-    )
-    return seq(mod)
+        ])(mod)

@@ -1,4 +1,5 @@
-"""Find DC-AC blocks in a Relax module (after BatchNorm folding) and call the fused operator.
+"""FuseDCAC: find DC-AC blocks in a Relax module (after BatchNorm folding) and call the fused
+operator instead.
 
 What a DC-AC looks like once imported, from either frontend (torch.export or ONNX):
 
@@ -13,7 +14,9 @@ way. Every ``resize2d`` is a candidate block: the matcher walks from it to the p
 the residual add below, checking each op's attributes and that no intermediate value is used
 outside the block. A match is replaced by one ``call_tir`` of the fused operator
 (``dcac_op``), with the weights as constant arguments; the rest of the chain becomes dead code.
-A candidate that does not match is left as it is, and reported with the reason.
+A candidate that does not match is left as it is, and reported with the reason: after a run,
+the pass instance says how many blocks it fused (``fused``) and why it left the others
+(``unmatched``), for the bundle's metadata and the log.
 """
 
 from __future__ import annotations
@@ -27,15 +30,6 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .dcac_op import Conv, DCACSpec, Pool, dcac_prim_func, pack_weights
-
-
-@dataclass
-class DCACFusion:
-    """The rewritten module, how many blocks were fused, and why the others were not."""
-
-    mod: tvm.IRModule
-    fused: int = 0
-    unmatched: list[str] = field(default_factory=list)
 
 
 class _NoMatch(Exception):
@@ -300,29 +294,35 @@ class _Rewriter(PyExprMutator):
             super().visit_var_binding_(binding)
 
 
-def fuse_dcac(mod: tvm.IRModule) -> DCACFusion:
-    """Replace every DC-AC block of ``mod``'s Relax functions by the fused operator.
+@tvm.transform.module_pass(opt_level=0, name="tvmc_attend.FuseDCAC")
+class FuseDCAC:
+    """Every DC-AC block of the module's Relax functions replaced by the fused operator.
 
-    Run after BatchNorm folding (``fold_for_inference``): the matcher expects conv + bias.
-    """
-    rewriter = _Rewriter(mod)
-    unmatched: list[str] = []
-    funcs = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
-    for gv, func in funcs:
-        fn = _Function(func)
-        for var, value in fn.value.items():
-            if _op_name(value) != "relax.image.resize2d":
-                continue
-            try:
-                rewriter.add_match(*_Matcher(fn).match(var))
-            except _NoMatch as why:
-                unmatched.append(f"{gv.name_hint}: resize2d {var.name}: {why}")
-    if not rewriter.calls:
-        return DCACFusion(mod=mod, fused=0, unmatched=unmatched)
-    # The operator's blocks name MetaSchedule rule "dcac": make sure it is registered before
-    # anyone extracts tasks from the module (imported here: schedules/ imports this package).
-    import tvmc_attend.schedules  # noqa: F401
-    for gv, func in funcs:
-        rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    new_mod = relax.transform.DeadCodeElimination()(rewriter.builder_.get())
-    return DCACFusion(mod=new_mod, fused=len(rewriter.calls), unmatched=unmatched)
+    Run after BatchNorm folding (``FoldBatchNorm``): the matcher expects conv + bias. After a
+    run, ``fused`` counts the replaced blocks and ``unmatched`` says why each other candidate
+    (a ``resize2d``) was left alone."""
+
+    def __init__(self) -> None:
+        self.fused = 0
+        self.unmatched: list[str] = []
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext,
+                         ) -> tvm.IRModule:
+        rewriter = _Rewriter(mod)
+        self.unmatched = []
+        funcs = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
+        for gv, func in funcs:
+            fn = _Function(func)
+            for var, value in fn.value.items():
+                if _op_name(value) != "relax.image.resize2d":
+                    continue
+                try:
+                    rewriter.add_match(*_Matcher(fn).match(var))
+                except _NoMatch as why:
+                    self.unmatched.append(f"{gv.name_hint}: resize2d {var.name}: {why}")
+        self.fused = len(rewriter.calls)
+        if not rewriter.calls:
+            return mod
+        for gv, func in funcs:
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
