@@ -30,7 +30,7 @@ from .inputs import random_input
 from .onnx_export import export_onnx
 from .pipeline import compile_prepared
 from .prepare import prepare_model
-from .tune import TuneOptions, at_most_every, tune_prepared
+from .tuning.tune import TuneOptions, at_most_every, tune_prepared
 from .variants import (
     Variant,
     check_and_time,

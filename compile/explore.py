@@ -298,7 +298,7 @@ class Measurer:
     def _compile(self, name: str, model: Any, bundle: str) -> None:
         import torch
 
-        from .tune import TuneOptions, tune_model
+        from .tuning.tune import TuneOptions, tune_model
 
         o = self.options
         with tempfile.TemporaryDirectory(prefix="tvmc-attend-explore-") as tmp:

@@ -24,12 +24,12 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
 from .build import build_executable
-from .database import TuningDatabase, count_records
 from .frontend import ModelSource
 from .inputs import random_input
 from .pipeline import open_database
 from .prepare import PreparedModel, prepare_model, with_dcac_fused
-from .tune import TuneOptions, extract_tasks, tune_prepared
+from .tuning.database import TuningDatabase, count_records
+from .tuning.tune import TuneOptions, extract_tasks, tune_prepared
 from .variants import Variant, check_and_time, machine_info, vm_variant
 
 # (channels, map size) of the DC-AC block of each AttendNeXt stage at 224x224.

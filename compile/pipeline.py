@@ -11,9 +11,9 @@ from tvmc_attend.targets import Board
 
 from .build import build_scheduled, require_cross_compiler, schedule_module
 from .bundle import TuningInfo, check_output_dir, write_bundle
-from .database import TuningDatabase
 from .frontend import ModelSource
 from .prepare import PreparedModel, prepare_model
+from .tuning.database import TuningDatabase
 from .verify import Verification, VerifyOptions, verify
 
 

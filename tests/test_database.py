@@ -35,7 +35,7 @@ from helpers import (
     wait_until,
 )
 
-from tvmc_attend.compile.database import TuningDatabase
+from tvmc_attend.compile.tuning.database import TuningDatabase
 from tvmc_attend.errors import UserError
 
 MODEL = "dcac"
@@ -220,7 +220,7 @@ def test_a_killed_tune_leaves_no_blocking_lock(tmp_path) -> None:
 
 HOLD = """
 import sys, time
-from tvmc_attend.compile.database import TuningDatabase
+from tvmc_attend.compile.tuning.database import TuningDatabase
 with TuningDatabase(sys.argv[1]).lock(wait=False):
     print("held", flush=True)
     time.sleep(120)

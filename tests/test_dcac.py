@@ -253,7 +253,7 @@ def test_schedule_space_samples_survive_postprocessing(board) -> None:
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmc_attend.compile.intrinsics import load_tensor_intrinsics
+    from tvmc_attend.compile.tuning.intrinsics import load_tensor_intrinsics
 
     load_tensor_intrinsics(board)  # as tuning does: TuneContext would import them all (~5 min)
     register_rules()  # as tuning does
@@ -293,12 +293,12 @@ def test_tune_seed_and_build_apply_records(tmp_path) -> None:
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmc_attend.compile.database import TuningDatabase
-    from tvmc_attend.compile.measure import make_measure_environment
     from tvmc_attend.compile.op_benchmark import dcac_block
-    from tvmc_attend.compile.replay import MeasuredCandidates
-    from tvmc_attend.compile.stop import StopFlag
-    from tvmc_attend.compile.tune import TuneOptions, tune_prepared
+    from tvmc_attend.compile.tuning.database import TuningDatabase
+    from tvmc_attend.compile.tuning.measure import make_measure_environment
+    from tvmc_attend.compile.tuning.replay import MeasuredCandidates
+    from tvmc_attend.compile.tuning.stop import StopFlag
+    from tvmc_attend.compile.tuning.tune import TuneOptions, tune_prepared
     from tvmc_attend.schedules.seed import seed_default_records
 
     block = dcac_block(16, 14, seed=0, work=str(tmp_path))

@@ -156,9 +156,9 @@ def assert_failures_do_not_count(database: Path) -> None:
     from tvm.s_tir import meta_schedule as ms
 
     from tvmc_attend.compile.build import fuse_for_tuning
-    from tvmc_attend.compile.database import TuningDatabase, count_records
     from tvmc_attend.compile.frontend import ModelSource
     from tvmc_attend.compile.prepare import prepare_model
+    from tvmc_attend.compile.tuning.database import TuningDatabase, count_records
     from tvmc_attend.targets import get_board
 
     lines = [json.loads(line) for line in

@@ -32,7 +32,7 @@ def check_command(
         False, "--no-wait", help="With --repair: exit at once if a tune is using the database."),
 ) -> None:
     """Check every workload and record line; exit 1 if problems remain unrepaired."""
-    from tvmc_attend.compile.database import TuningDatabase
+    from tvmc_attend.compile.tuning.database import TuningDatabase
 
     if not os.path.isdir(directory):
         raise UserError(f"no such directory: {directory}")

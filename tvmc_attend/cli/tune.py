@@ -71,8 +71,8 @@ def tune_command(
     board = get_board(target)
     remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
 
-    from tvmc_attend.compile.database import TuningDatabase
     from tvmc_attend.compile.frontend import ModelSource, parse_shape
+    from tvmc_attend.compile.tuning.database import TuningDatabase
 
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
                          input_shape=parse_shape(input_shape) if input_shape else None)
@@ -87,7 +87,7 @@ def tune_command(
 
 def _tune(source, board, remote, emulated: bool, fuse_dcac: bool,
           tune_options: dict[str, Any]) -> None:
-    from tvmc_attend.compile.tune import TuneOptions, TuneResult, at_most_every, tune_model
+    from tvmc_attend.compile.tuning.tune import TuneOptions, TuneResult, at_most_every, tune_model
 
     opts = TuneOptions(**tune_options)
 

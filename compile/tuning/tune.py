@@ -23,12 +23,12 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.schedules import register_rules
 from tvmc_attend.targets import Board
 
-from .build import fuse_for_tuning
+from ..build import fuse_for_tuning
+from ..frontend import ModelSource
+from ..prepare import PreparedModel, prepare_model
 from .database import TuningDatabase, count_records
-from .frontend import ModelSource
 from .intrinsics import load_tensor_intrinsics
 from .measure import MeasureEnvironment, check_device, make_measure_environment
-from .prepare import PreparedModel, prepare_model
 from .replay import MeasuredCandidates
 from .stop import StopFlag, StopRequested
 
