@@ -80,7 +80,6 @@ class SharedLibraryBuilder(PyBuilder):
         self.timeout_s = timeout_s
         self.tasks_per_worker = tasks_per_worker
         self.artifact_dir = tempfile.mkdtemp(prefix="tvmc-attend-build-")
-        self.builds = 0
         self._pool_builds = 0  # builds since the pool started
         self._pool: cf.ProcessPoolExecutor | None = None
 
@@ -92,11 +91,6 @@ class SharedLibraryBuilder(PyBuilder):
                 initializer=_init_worker,
             )
         return self._pool
-
-    def warm_up(self) -> None:
-        """Start the workers now (they import TVM) instead of inside the first batch."""
-        pool = self._get_pool()
-        list(pool.map(_init_worker_probe, range(self.max_workers)))
 
     def build(self, build_inputs: list[BuilderInput]) -> list[BuilderResult]:
         import tvm
@@ -110,7 +104,6 @@ class SharedLibraryBuilder(PyBuilder):
                 outcomes[i] = (replayed, None)
             else:
                 payloads[i] = (tvm.ir.save_json(inp.mod), tvm.ir.save_json(inp.target))
-        self.builds += len(payloads)
         # Recycle the workers between batches (LLVM's memory grows over thousands of builds).
         # Not max_tasks_per_child: with it, CPython 3.11's pool can stop replacing exited
         # workers, and the batch then waits for the build timeout (seen here: 2 min lost).
@@ -190,7 +183,3 @@ class SharedLibraryBuilder(PyBuilder):
         state = self.__dict__.copy()
         state["_pool"] = None
         return state
-
-
-def _init_worker_probe(_: int) -> int:
-    return os.getpid()

@@ -48,9 +48,10 @@ def _tracker_session(tracker_host: str, tracker_port: int, key: str, _config: An
 
 @dataclass
 class MeasureEnvironment:
+    """The builder and runner MetaSchedule measures candidates with, and what they share."""
+
     builder: Any
     runner: Any
-    description: str
     remote: bool
     stop: StopFlag
     measured: MeasuredCandidates
@@ -93,8 +94,8 @@ def make_measure_environment(board: Board, remote: Any, measured: MeasuredCandid
     if remote is None:
         inner = ms.runner.LocalRunner(evaluator_config=_evaluator_config(board), timeout_sec=60)
         builder = SharedLibraryBuilder(cross_compiler=None, measured=measured, stop=stop)
-        return MeasureEnvironment(builder, ReplayingRunner(inner, measured), "local",
-                                  remote=False, stop=stop, measured=measured)
+        return MeasureEnvironment(builder, ReplayingRunner(inner, measured), remote=False,
+                                  stop=stop, measured=measured)
     if remote.tracker_host:
         config = ms.runner.RPCConfig(tracker_host=remote.tracker_host,
                                      tracker_port=remote.tracker_port, tracker_key=remote.key,
@@ -110,8 +111,8 @@ def make_measure_environment(board: Board, remote: Any, measured: MeasuredCandid
                                 f_create_session=create_session, max_workers=workers)
     builder = SharedLibraryBuilder(cross_compiler=board.cross_compiler, measured=measured,
                                    stop=stop)
-    return MeasureEnvironment(builder, ReplayingRunner(inner, measured), remote.describe(),
-                              remote=True, stop=stop, measured=measured)
+    return MeasureEnvironment(builder, ReplayingRunner(inner, measured), remote=True, stop=stop,
+                              measured=measured)
 
 
 @derived_object

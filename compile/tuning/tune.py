@@ -207,15 +207,25 @@ def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
                             on_progress, workers)
 
 
-def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
-                 extracted: list[Any], db_dir: TuningDatabase, remote: Any, emulated: bool,
-                 on_progress: ProgressHook | None, workers: int) -> TuneResult:
-    from tvm.s_tir import meta_schedule as ms
+@dataclass
+class TuningPlan:
+    """The budgets of one run: each task's (in its state), candidates per search round, and
+    the trials left of the run's total once the database's records are counted."""
 
-    device = remote.describe() if remote is not None else "local"
-    database = db_dir.open(board, prepared.imported.name, create=True, emulated=emulated,
-                           device=device, input_shape=prepared.imported.input_shape)
-    task_mods = [task.dispatched[0] for task in extracted]
+    states: list[TaskState]
+    per_round: int
+    remaining: int
+
+    @property
+    def pending(self) -> list[int]:
+        """Indices of the tasks with budget left."""
+        return [i for i, s in enumerate(self.states) if s.done < s.budget]
+
+
+def plan_budgets(extracted: list[Any], task_mods: list[Any], database: Any,
+                 options: TuneOptions) -> TuningPlan:
+    """Per-task budgets: ``trials_per_task``, or an equal share of ``trials`` (at least one
+    round); records the database already holds count as done."""
     previous = count_records(database, task_mods)
     per_round = options.trials_per_round or _default_per_round(options.trials, len(extracted))
     per_task = options.trials_per_task or max(
@@ -225,71 +235,97 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
                   previous=min(prev, per_task), best_ms=_best_ms(database, mod))
         for task, mod, prev in zip(extracted, task_mods, previous, strict=True)
     ]
-    result = TuneResult(model=prepared.imported.name, board=board.name, database=db_dir.path,
-                        tasks=states, emulated=emulated, device=device)
-    global_budget = max(0, options.trials - sum(s.previous for s in states))
-    result.budget = min(options.trials, sum(s.budget for s in states))
-    pending = [i for i, s in enumerate(states) if s.done < s.budget]
-    if not pending or global_budget == 0:
-        if on_progress:
-            on_progress(result)
-        return result
+    return TuningPlan(states=states, per_round=per_round,
+                      remaining=max(0, options.trials - sum(s.previous for s in states)))
 
-    log_dir = os.path.join(db_dir.path, "logs")
-    _quiet_metaschedule(log_dir)
-    load_tensor_intrinsics(board)
-    register_rules()  # the fused DC-AC operator's design spaces, generated from here on
-    measured = MeasuredCandidates.from_database(database, [task_mods[i] for i in pending])
-    stop = StopFlag()
-    measure_env = make_measure_environment(board, remote, measured, stop, workers=workers)
-    start = time.perf_counter()
-    with stop.on_sigint(), _native_stderr_to(os.path.join(log_dir, "native.log")):
-        try:
-            # Tasks with the same remaining budget are tuned together by one task scheduler;
-            # after an interrupted run there are at most a few such groups.
-            for remaining, group in _group_by_remaining(states, pending):
-                group_budget = min(global_budget, remaining * len(group))
-                if group_budget <= 0:
-                    break
-                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    [extracted[i] for i in group], work_dir=db_dir.path,
-                    strategy=options.search_strategy(), num_threads=board.thread_count()
-                    if not board.is_remote else len(os.sched_getaffinity(0)),
-                    seed=options.seed)
-                _quiet_metaschedule(log_dir)
-                callback = measure_env.progress_callback(
-                    [states[i] for i in group], result, on_progress, start)
-                ms.tune_tasks(
-                    tasks=contexts, task_weights=weights, work_dir=db_dir.path,
-                    max_trials_global=group_budget, max_trials_per_task=remaining,
-                    num_trials_per_iter=per_round,
-                    builder=measure_env.builder, runner=measure_env.runner, database=database,
-                    cost_model=ms.cost_model.XGBModel(
-                        extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
-                        num_tuning_cores=len(os.sched_getaffinity(0))),
-                    measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
-                    # Not "gradient": it joins no measurement until every task has had its
-                    # first round, so the database stays empty (and the progress at zero)
-                    # for most of a short run, and Ctrl-C there would lose every trial.
-                    # Round-robin records each task's results as soon as they are ready.
-                    task_scheduler="round-robin",
-                )
-                global_budget -= sum(states[i].measured + states[i].replayed for i in group)
-        except (StopRequested, RuntimeError):
-            # Our callbacks unwind MetaSchedule's loop by raising; the FFI turns that into a
-            # bare RuntimeError, so the flag, not the exception, says whether this was a stop.
-            if stop.reason is None:
-                raise
-            result.stopped = stop.reason
-        finally:
-            result.seconds = time.perf_counter() - start
-            measure_env.close()
-    for state, mod in zip(states, task_mods, strict=True):
-        state.best_ms = _best_ms(database, mod) or state.best_ms
-    result.new_trials = sum(s.measured for s in states)
+
+def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
+                 extracted: list[Any], db_dir: TuningDatabase, remote: Any, emulated: bool,
+                 on_progress: ProgressHook | None, workers: int) -> TuneResult:
+    device = remote.describe() if remote is not None else "local"
+    database = db_dir.open(board, prepared.imported.name, create=True, emulated=emulated,
+                           device=device, input_shape=prepared.imported.input_shape)
+    task_mods = [task.dispatched[0] for task in extracted]
+    plan = plan_budgets(extracted, task_mods, database, options)
+    result = TuneResult(model=prepared.imported.name, board=board.name, database=db_dir.path,
+                        tasks=plan.states, emulated=emulated, device=device,
+                        budget=min(options.trials, sum(s.budget for s in plan.states)))
+    if plan.pending and plan.remaining:
+        log_dir = os.path.join(db_dir.path, "logs")
+        measure_env = _set_up_measurement(board, database, [task_mods[i] for i in plan.pending],
+                                          remote, workers, log_dir)
+        start = time.perf_counter()
+        with (measure_env.stop.on_sigint(),
+              _native_stderr_to(os.path.join(log_dir, "native.log"))):
+            try:
+                _tune_groups(extracted, plan, board, options, database, db_dir.path, log_dir,
+                             measure_env, result, on_progress, start)
+            except (StopRequested, RuntimeError):
+                # Our callbacks unwind MetaSchedule's loop by raising; the FFI turns that into
+                # a bare RuntimeError, so the flag, not the exception, says whether this was a
+                # stop.
+                if measure_env.stop.reason is None:
+                    raise
+                result.stopped = measure_env.stop.reason
+            finally:
+                result.seconds = time.perf_counter() - start
+                measure_env.close()
+        for state, mod in zip(plan.states, task_mods, strict=True):
+            state.best_ms = _best_ms(database, mod) or state.best_ms
+        result.new_trials = sum(s.measured for s in plan.states)
     if on_progress:
         on_progress(result)
     return result
+
+
+def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any], remote: Any,
+                        workers: int, log_dir: str) -> MeasureEnvironment:
+    """Everything MetaSchedule needs before its first candidate: quiet logs, the board's
+    tensor intrinsics and our schedule rules registered, the database's known candidates
+    indexed (never measured twice), and the builder and runner."""
+    _quiet_metaschedule(log_dir)
+    load_tensor_intrinsics(board)
+    register_rules()  # the fused DC-AC operator's design spaces
+    measured = MeasuredCandidates.from_database(database, pending_mods)
+    return make_measure_environment(board, remote, measured, StopFlag(), workers=workers)
+
+
+def _tune_groups(extracted: list[Any], plan: TuningPlan, board: Board, options: TuneOptions,
+                 database: Any, work_dir: str, log_dir: str, measure_env: MeasureEnvironment,
+                 result: TuneResult, on_progress: ProgressHook | None, start: float) -> None:
+    """Tune the pending tasks, one MetaSchedule run per group of tasks with the same remaining
+    budget (after an interrupted run there are at most a few such groups)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    remaining = plan.remaining
+    for task_budget, group in _group_by_remaining(plan.states, plan.pending):
+        group_budget = min(remaining, task_budget * len(group))
+        if group_budget <= 0:
+            break
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [extracted[i] for i in group], work_dir=work_dir,
+            strategy=options.search_strategy(), num_threads=board.thread_count()
+            if not board.is_remote else len(os.sched_getaffinity(0)),
+            seed=options.seed)
+        _quiet_metaschedule(log_dir)
+        callback = measure_env.progress_callback(
+            [plan.states[i] for i in group], result, on_progress, start)
+        ms.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=work_dir,
+            max_trials_global=group_budget, max_trials_per_task=task_budget,
+            num_trials_per_iter=plan.per_round,
+            builder=measure_env.builder, runner=measure_env.runner, database=database,
+            cost_model=ms.cost_model.XGBModel(
+                extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
+                num_tuning_cores=len(os.sched_getaffinity(0))),
+            measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
+            # Not "gradient": it joins no measurement until every task has had its first
+            # round, so the database stays empty (and the progress at zero) for most of a
+            # short run, and Ctrl-C there would lose every trial. Round-robin records each
+            # task's results as soon as they are ready.
+            task_scheduler="round-robin",
+        )
+        remaining -= sum(plan.states[i].measured + plan.states[i].replayed for i in group)
 
 
 def _default_per_round(trials: int, num_tasks: int) -> int:
