@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.files import save_figure_atomic, write_json_atomic
 from tvmc_attend.targets import Board
 
@@ -82,14 +83,16 @@ class BenchmarkReport:
         return data
 
 
-def run_benchmark(source: ModelSource, board: Board, remote_session: Any = None,
-                  device: str = "local", emulated: bool = False, rounds: int = 10,
-                  runs_per_round: int = 5, log_dir: str | None = None,
+def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCAL,
+                  rounds: int = 10, runs_per_round: int = 5, log_dir: str | None = None,
                   work_dir: str | None = None, fuse_dcac: bool = True,
                   progress: Callable[[str], None] = print) -> BenchmarkReport:
-    """Compile the untuned and (if a database exists) tuned bundles, then time every variant."""
+    """Compile the untuned and (if a database exists) tuned bundles, then time every variant
+    (the TVM ones on ``device``)."""
     import torch
 
+    device.require_for(board, "the benchmark")
+    session = device.connect()
     require_cross_compiler(board)
     threads = board.thread_count()
     work = work_dir or tempfile.mkdtemp(prefix="tvmc-attend-bench-")
@@ -106,9 +109,9 @@ def run_benchmark(source: ModelSource, board: Board, remote_session: Any = None,
     framework = reference_for(imported)  # PyTorch, or ONNX Runtime for a .onnx file
     reference = framework.run(x) if framework is not None else None
 
-    variants = [tvm_variant("tvm_untuned", untuned_dir, remote_session, threads)]
+    variants = [tvm_variant("tvm_untuned", untuned_dir, session, threads)]
     if tuned_meta["tuned"]:
-        variants.append(tvm_variant("tvm_tuned", tuned_dir, remote_session, threads))
+        variants.append(tvm_variant("tvm_tuned", tuned_dir, session, threads))
     if not board.is_remote:
         onnx_path = source.model if source.kind == ".onnx" else None
         if onnx_path is None and imported.torch_module is not None:
@@ -126,7 +129,8 @@ def run_benchmark(source: ModelSource, board: Board, remote_session: Any = None,
               "records": tuned_meta["tuning"]["records"], "tuned": tuned_meta["tuned"],
               "fused_dcac": tuned_meta["fused_dcac"]}
     return BenchmarkReport(model=imported.name, board=board.name, threads=threads,
-                           emulated=emulated, device=device, variants=variants, tuning=tuning,
+                           emulated=device.emulated, device=device.description,
+                           variants=variants, tuning=tuning,
                            notes=notes, reference=framework.name if framework else None)
 
 

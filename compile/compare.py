@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
 from tvmc_attend.files import save_figure_atomic
 from tvmc_attend.targets import Board
@@ -180,8 +181,8 @@ def _reference(module: Any, x: np.ndarray, seed: int) -> Reference:
                                                                        1e-30)))
 
 
-def _prepare_one(name: str, board: Board, options: CompareOptions, work: str, remote: Any,
-                 session: Any, emulated: bool, notes: list[str],
+def _prepare_one(name: str, board: Board, options: CompareOptions, work: str,
+                 device: DeviceChoice, session: Any, notes: list[str],
                  progress: Callable[[str], None]) -> tuple[ModelResult, np.ndarray, Reference]:
     """Import, tune, build and load one model; returns it with its input and reference."""
     import torch
@@ -199,7 +200,7 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str, re
         progress(f"{name}: tuning (resumes from the database; budget {options.trials} trials)")
         tuned = tune_prepared(prepared, board, TuneOptions(
             trials=options.trials, seed=options.seed, log_dir=options.log_dir),
-            remote=remote, emulated=emulated, on_progress=at_most_every(30.0, lambda r: progress(
+            device=device, on_progress=at_most_every(30.0, lambda r: progress(
                 f"{name}: {sum(t.done for t in r.tasks)}/{r.budget} trials")))
         tuning.update(new_trials=tuned.new_trials, seconds=round(tuned.seconds, 1),
                       trials_per_minute=round(tuned.trials_per_minute, 1))
@@ -228,38 +229,37 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str, re
     return result, x, reference
 
 
-def run_compare(options: CompareOptions, board: Board, remote: Any = None, session: Any = None,
-                emulated: bool = False, device: str = "local",
+def run_compare(options: CompareOptions, board: Board, device: DeviceChoice = LOCAL,
                 progress: Callable[[str], None] = print) -> CompareReport:
-    """Tune, build, check and time every model of ``options`` on ``board``."""
+    """Tune, build, check and time every model of ``options`` on ``board`` (on ``device``)."""
     if not options.models:
         raise UserError("no models to compare; pass --models a,b,...")
     if options.baseline_model not in options.models:
         raise UserError(f"baseline {options.baseline_model!r} is not among the compared models "
                         f"({', '.join(options.models)})")
-    if board.is_remote and session is None:
-        raise UserError(f"target {board.name} is a board: pass --rpc-tracker/--rpc-key, "
-                        "--rpc-host or --emulate to measure on one")
+    device.require_for(board, "compare")
+    session = device.connect()
     require_cross_compiler(board)
     work = options.work_dir or tempfile.mkdtemp(prefix="tvmc-attend-compare-")
     notes: list[str] = []
     if board.is_remote:
         notes.append("ONNX Runtime and PyTorch run on this host only: not measured for a board")
-    if emulated:
+    if device.emulated:
         notes.append("TVM latencies were taken on an emulated board (qemu): emulated, 60-160x "
                      "slower than the real board and noisy; for function and numerics only")
     results, inputs, checks = [], [], []
     for name in dict.fromkeys(options.models):  # in order, once each
-        result, x, reference = _prepare_one(name, board, options, work, remote, session,
-                                            emulated, notes, progress)
+        result, x, reference = _prepare_one(name, board, options, work, device, session, notes,
+                                            progress)
         results.append(result)
         inputs.append((x, reference))
         checks += [(v, x, reference.fp32) for v in result.variants.values()]
     check_and_time(checks, options.rounds, options.runs_per_round, progress)
     for result, (x, reference) in zip(results, inputs, strict=True):
         result.tvm_fp64_err = rel_err(result.variants["tvm"].run(x), reference.fp64)
-    return CompareReport(board=board.name, threads=board.thread_count(), emulated=emulated,
-                         device=device, options=options, results=results, notes=notes)
+    return CompareReport(board=board.name, threads=board.thread_count(),
+                         emulated=device.emulated, device=device.description, options=options,
+                         results=results, notes=notes)
 
 
 def plot(report: CompareReport, path: str) -> None:

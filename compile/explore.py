@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
 from tvmc_attend.files import save_figure_atomic
 from tvmc_attend.targets import Board
@@ -285,9 +286,8 @@ class Measurer:
 
     board: Board
     options: ExploreOptions
-    remote: Any = None  # device.RemoteSpec for tuning
-    session: Any = None  # RPC session for timing
-    emulated: bool = False
+    device: DeviceChoice = LOCAL
+    session: Any = None  # an RPC session on the device, for timing
     progress: Callable[[str], None] = print
 
     @property
@@ -311,7 +311,7 @@ class Measurer:
             if o.trials:
                 tune_model(source, self.board, TuneOptions(trials=o.trials, seed=o.seed,
                                                            log_dir=log_dir),
-                           remote=self.remote, emulated=self.emulated)
+                           device=self.device)
             compile_bundle(source, self.board, bundle, untuned=not o.trials, log_dir=log_dir,
                            warn=lambda m: self.progress(f"warning: {m}"))
 
@@ -347,17 +347,18 @@ def _predicted_ms(cand: Candidate, measured: list[Candidate]) -> float | None:
     return cand.macs * statistics.median(c.quick_ms / c.macs for c in measured)
 
 
-def explore(options: ExploreOptions, board: Board, remote: Any = None, session: Any = None,
-            emulated: bool = False, device: str = "local",
+def explore(options: ExploreOptions, board: Board, device: DeviceChoice = LOCAL,
             progress: Callable[[str], None] = print) -> ExploreReport:
-    """Screen, measure ``budget`` designs on ``board``, and save the Pareto front."""
+    """Screen, measure ``budget`` designs on ``board`` (on ``device``), and save the Pareto
+    front."""
     if options.budget < 1:
         raise UserError("--budget must be at least 1 (designs measured on the target)")
     if options.input_size % 32:
         raise UserError(f"input size {options.input_size} is not a multiple of 32")
+    device.require_for(board, "explore")
+    session = device.connect()
     pool = screen(options, progress)
-    measurer = Measurer(board, options, remote=remote, session=session, emulated=emulated,
-                        progress=progress)
+    measurer = Measurer(board, options, device=device, session=session, progress=progress)
     x = random_input(options.input_shape, "float32", seed=options.seed)
     measured: list[Candidate] = []
     for cand in measurement_order(pool):
@@ -380,7 +381,7 @@ def explore(options: ExploreOptions, board: Board, remote: Any = None, session: 
         measured.append(cand)
     check_and_time([(c.variant, x, c.reference) for c in measured], options.rounds,
                    options.runs_per_round, progress)
-    return _finish(options, board, pool, measured, emulated, device)
+    return _finish(options, board, pool, measured, device.emulated, device.description)
 
 
 def _finish(options: ExploreOptions, board: Board, pool: list[Candidate],

@@ -107,10 +107,11 @@ def test_a_baseline_that_is_not_compared_is_a_user_error() -> None:
 
 
 def test_a_board_without_a_device_is_refused_before_any_work() -> None:
-    from tvmc_attend.cli.compare import measurement_device
+    from tvmc_attend.device.choice import choose_device
 
+    rpi4 = get_board("rpi4")
     with pytest.raises(UserError, match="--rpc-tracker") as excinfo:
-        measurement_device(get_board("rpi4"), None, None, None, False)
+        run_compare(CompareOptions(models=["attendnext"]), rpi4, device=choose_device(rpi4))
     assert "\n" not in str(excinfo.value)
 
 

@@ -220,7 +220,7 @@ def test_tracker_cli_foreground():
 
 
 def test_device_serve_foreground(tmp_path):
-    from tvmc_attend.cli.doctor import build_vector_add, run_vector_add
+    from tvmc_attend.device.doctor import build_vector_add, run_vector_add
     from tvmc_attend.targets import get_board
 
     port = free_port()
@@ -301,7 +301,7 @@ def test_doctor_passes_on_emulated_rpi4(emulated_rpi4):
 
 @pytest.mark.emulated
 def test_cross_compiled_module_runs_remotely(emulated_rpi4, tmp_path):
-    from tvmc_attend.cli.doctor import build_vector_add, run_vector_add
+    from tvmc_attend.device.doctor import build_vector_add, run_vector_add
     from tvmc_attend.targets import get_board
 
     lib = build_vector_add(get_board("rpi4"), tmp_path)

@@ -17,6 +17,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
+from tvmc_attend.device.rpc import RemoteSpec
 from tvmc_attend.targets import Board
 
 from .builder import SharedLibraryBuilder
@@ -74,23 +75,11 @@ def _evaluator_config(board: Board) -> Any:
                                      enable_cpu_cache_flush=False)
 
 
-def check_device(remote: Any) -> int:
-    """Connect once (fail fast with the device layer's one-line advice); return how many
-    devices can measure in parallel."""
-    from tvmc_attend.device import connect
-    from tvmc_attend.device import tracker as tracker_client
-
-    session = connect(remote)
-    del session
-    if not remote.via_tracker:
-        return 1
-    info = tracker_client.summary(remote.tracker_host, remote.tracker_port)
-    return max(1, tracker_client.server_count(info, remote.key))
-
-
-def make_measure_environment(board: Board, remote: Any, measured: MeasuredCandidates,
-                             stop: StopFlag, workers: int = 1) -> MeasureEnvironment:
-    """Builder and runner for ``board``; ``remote`` (a device.RemoteSpec) for boards."""
+def make_measure_environment(board: Board, remote: RemoteSpec | None,
+                             measured: MeasuredCandidates, stop: StopFlag,
+                             workers: int = 1) -> MeasureEnvironment:
+    """Builder and runner for ``board``: on this host, or on the board ``remote`` reaches
+    (``workers`` devices measuring in parallel)."""
     if remote is None:
         inner = ms.runner.LocalRunner(evaluator_config=_evaluator_config(board), timeout_sec=60)
         builder = SharedLibraryBuilder(cross_compiler=None, measured=measured, stop=stop)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
 from tvmc_attend.schedules import register_rules
 from tvmc_attend.targets import Board
@@ -28,7 +29,7 @@ from ..frontend import ModelSource
 from ..prepare import PreparedModel, prepare_model
 from .database import TuningDatabase, count_records
 from .intrinsics import load_tensor_intrinsics
-from .measure import MeasureEnvironment, check_device, make_measure_environment
+from .measure import MeasureEnvironment, make_measure_environment
 from .replay import MeasuredCandidates
 from .stop import StopFlag, StopRequested
 
@@ -160,41 +161,30 @@ def extract_tasks(prepared: PreparedModel, board: Board) -> list[Any]:
 
 
 def tune_model(source: ModelSource, board: Board, options: TuneOptions,
-               remote: Any = None, emulated: bool = False,
-               on_progress: ProgressHook | None = None, fuse_dcac: bool = True) -> TuneResult:
+               device: DeviceChoice = LOCAL, on_progress: ProgressHook | None = None,
+               fuse_dcac: bool = True) -> TuneResult:
     """Import ``source`` (fusing its DC-AC blocks unless ``fuse_dcac`` is False), then tune
     it (see ``tune_prepared``)."""
-    _require_device(board, remote)
+    device.require_for(board, "tuning")
     # Fail before the import (minutes for a large model): no device, another target's database.
-    workers = check_device(remote) if remote is not None else 1
+    workers = device.parallel_workers()
     db_dir = TuningDatabase.for_model(options.log_dir, board, source.name)
     if db_dir.exists():
         db_dir.check_target(board)
     with db_dir.lock(wait=options.wait):  # before the import: --no-wait answers at once
         return tune_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, options,
-                             remote=remote, emulated=emulated, on_progress=on_progress,
-                             workers=workers)
-
-
-def _require_device(board: Board, remote: Any) -> None:
-    if board.is_remote and remote is None:
-        raise UserError(
-            f"target {board.name} is a board: tuning needs one to measure on. Pass "
-            "--rpc-tracker HOST:PORT --rpc-key KEY or --rpc-host HOST:PORT (start an emulated "
-            f"board with `tvmc-attend device emulate --board {board.name}`), or use --emulate"
-        )
+                             device=device, on_progress=on_progress, workers=workers)
 
 
 def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
-                  remote: Any = None, emulated: bool = False,
-                  on_progress: ProgressHook | None = None,
+                  device: DeviceChoice = LOCAL, on_progress: ProgressHook | None = None,
                   workers: int | None = None) -> TuneResult:
     """Extract the tasks of a prepared Relax module and tune them for ``board``, measuring
-    locally (host) or over RPC (``remote``: a device.RemoteSpec). ``workers``: devices that
-    measure in parallel, when the caller has already checked the device."""
-    _require_device(board, remote)
+    on ``device`` (this host, or a board over RPC). ``workers``: devices that measure in
+    parallel, when the caller has already counted them."""
+    device.require_for(board, "tuning")
     if workers is None:
-        workers = check_device(remote) if remote is not None else 1
+        workers = device.parallel_workers()
     extracted = extract_tasks(prepared, board)
     if not extracted:
         raise UserError(f"{prepared.imported.name} has no tunable operators")
@@ -203,8 +193,8 @@ def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
     # appends from the file as it read it, so two runs at once attach records to each
     # other's workloads. (A caller that holds the lock already, tune_model, re-enters it.)
     with db_dir.lock(wait=options.wait):
-        return _tune_locked(prepared, board, options, extracted, db_dir, remote, emulated,
-                            on_progress, workers)
+        return _tune_locked(prepared, board, options, extracted, db_dir, device, on_progress,
+                            workers)
 
 
 @dataclass
@@ -240,20 +230,21 @@ def plan_budgets(extracted: list[Any], task_mods: list[Any], database: Any,
 
 
 def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
-                 extracted: list[Any], db_dir: TuningDatabase, remote: Any, emulated: bool,
+                 extracted: list[Any], db_dir: TuningDatabase, device: DeviceChoice,
                  on_progress: ProgressHook | None, workers: int) -> TuneResult:
-    device = remote.describe() if remote is not None else "local"
-    database = db_dir.open(board, prepared.imported.name, create=True, emulated=emulated,
-                           device=device, input_shape=prepared.imported.input_shape)
+    database = db_dir.open(board, prepared.imported.name, create=True,
+                           emulated=device.emulated, device=device.description,
+                           input_shape=prepared.imported.input_shape)
     task_mods = [task.dispatched[0] for task in extracted]
     plan = plan_budgets(extracted, task_mods, database, options)
     result = TuneResult(model=prepared.imported.name, board=board.name, database=db_dir.path,
-                        tasks=plan.states, emulated=emulated, device=device,
+                        tasks=plan.states, emulated=device.emulated,
+                        device=device.description,
                         budget=min(options.trials, sum(s.budget for s in plan.states)))
     if plan.pending and plan.remaining:
         log_dir = os.path.join(db_dir.path, "logs")
         measure_env = _set_up_measurement(board, database, [task_mods[i] for i in plan.pending],
-                                          remote, workers, log_dir)
+                                          device, workers, log_dir)
         start = time.perf_counter()
         with (measure_env.stop.on_sigint(),
               _native_stderr_to(os.path.join(log_dir, "native.log"))):
@@ -278,8 +269,8 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
     return result
 
 
-def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any], remote: Any,
-                        workers: int, log_dir: str) -> MeasureEnvironment:
+def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any],
+                        device: DeviceChoice, workers: int, log_dir: str) -> MeasureEnvironment:
     """Everything MetaSchedule needs before its first candidate: quiet logs, the board's
     tensor intrinsics and our schedule rules registered, the database's known candidates
     indexed (never measured twice), and the builder and runner."""
@@ -287,7 +278,7 @@ def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any], re
     load_tensor_intrinsics(board)
     register_rules()  # the fused DC-AC operator's design spaces
     measured = MeasuredCandidates.from_database(database, pending_mods)
-    return make_measure_environment(board, remote, measured, StopFlag(), workers=workers)
+    return make_measure_environment(board, device.spec, measured, StopFlag(), workers=workers)
 
 
 def _tune_groups(extracted: list[Any], plan: TuningPlan, board: Board, options: TuneOptions,

@@ -7,7 +7,6 @@ from rich.console import Console
 from rich.table import Table
 
 from . import options
-from .remote import measurement_device
 
 
 def report_table(report) -> Table:
@@ -112,6 +111,7 @@ def benchmark_command(
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
     from tvmc_attend.compile import benchmark
     from tvmc_attend.compile.frontend import ModelSource, parse_shape
+    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
@@ -125,14 +125,13 @@ def benchmark_command(
         raise UserError("missing --model: pass a zoo model name or a .onnx/.pt2 file "
                         "(or --op dcac)")
     board = get_board(target)
-    _remote, session, emulated, device = measurement_device(board, rpc_tracker, rpc_key,
-                                                            rpc_host, emulate)
+    device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
                          input_shape=parse_shape(input_shape) if input_shape else None)
     report = benchmark.run_benchmark(
-        source, board, remote_session=session, device=device, emulated=emulated,
-        rounds=rounds, runs_per_round=runs_per_round, log_dir=log_dir, work_dir=keep,
-        fuse_dcac=fuse_dcac, progress=lambda m: typer.echo(m, err=True))
+        source, board, device=device, rounds=rounds, runs_per_round=runs_per_round,
+        log_dir=log_dir, work_dir=keep, fuse_dcac=fuse_dcac,
+        progress=lambda m: typer.echo(m, err=True))
     console = Console(width=None if Console().is_terminal else 110)
     console.print(report_table(report))
     for note in report.notes:

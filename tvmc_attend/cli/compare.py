@@ -11,7 +11,6 @@ from rich.table import Table
 from tvmc_attend.errors import UserError
 
 from . import options
-from .remote import measurement_device
 
 
 def _ms(value: float | None) -> str:
@@ -84,17 +83,17 @@ def compare_command(
     """Tune, compile and time AttendNeXt and its peers on one target, side by side."""
     from tvmc_attend.compile import benchmark
     from tvmc_attend.compile.compare import CompareOptions, plot, run_compare
+    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
     board = get_board(target)
-    remote, session, emulated, device = measurement_device(board, rpc_tracker, rpc_key,
-                                                           rpc_host, emulate)
+    device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
     opts = CompareOptions(models=[m.strip() for m in models.split(",") if m.strip()],
                           baseline=baseline, trials=trials, input_size=input_size, seed=seed,
                           log_dir=log_dir, work_dir=keep, rounds=rounds,
                           runs_per_round=runs_per_round)
-    report = run_compare(opts, board, remote=remote, session=session, emulated=emulated,
-                         device=device, progress=lambda m: typer.echo(m, err=True))
+    report = run_compare(opts, board, device=device,
+                         progress=lambda m: typer.echo(m, err=True))
     console = Console(width=None if Console().is_terminal else 200)
     console.print(report_table(report))
     for note in report.notes:

@@ -11,7 +11,6 @@ from tvmc_attend.compile.verify import DEFAULT_TOLERANCE
 from tvmc_attend.errors import UserError
 
 from . import options
-from .remote import resolve_remote
 
 
 def compile_command(
@@ -45,6 +44,7 @@ def compile_command(
     on the board given by --rpc-*/--emulate, or else on the board build's host twin (the same
     graph and schedules compiled for this host)."""
     from tvmc_attend.compile.bundle import check_output_dir
+    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
     # Check the cheap things before importing TVM and torch (seconds) and the model (minutes).
@@ -59,13 +59,11 @@ def compile_command(
                          input_shape=parse_shape(input_shape) if input_shape else None)
     check = None
     if verify:
-        remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
+        device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
         check = VerifyOptions(tolerance=tolerance)
-        if remote is not None:
-            from tvmc_attend.device import connect
-
-            check.session = connect(remote)
-            check.device = remote.describe() + (" (emulated)" if emulated else "")
+        if not device.is_local:
+            check.session = device.connect()
+            check.device = device.description + (" (emulated)" if device.emulated else "")
     elif rpc_tracker or rpc_host or emulate:
         raise UserError("--rpc-*/--emulate only say where --verify runs; drop them with "
                         "--no-verify")

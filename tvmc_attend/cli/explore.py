@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from . import options
-from .remote import measurement_device
 
 
 def front_table(report: Any) -> Table:
@@ -74,17 +73,16 @@ def explore_command(
     from tvmc_attend.compile import benchmark
     from tvmc_attend.compile.explore import ExploreOptions, explore, plot
     from tvmc_attend.compile.explored import ENV_DIRS, search_dirs
+    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
     board = get_board(target)
-    remote, session, emulated, device = measurement_device(board, rpc_tracker, rpc_key,
-                                                           rpc_host, emulate)
+    device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
     opts = ExploreOptions(max_params=int(max_params), max_latency_ms=max_latency, budget=budget,
                           screen=screen, seed=seed, input_size=input_size, trials=trials,
                           latency_tolerance=latency_tolerance, rounds=rounds,
                           runs_per_round=runs_per_round, out_dir=out, log_dir=log_dir)
-    report = explore(opts, board, remote=remote, session=session, emulated=emulated,
-                     device=device, progress=lambda m: typer.echo(m, err=True))
+    report = explore(opts, board, device=device, progress=lambda m: typer.echo(m, err=True))
     console = Console(width=None if Console().is_terminal else 160)
     console.print(front_table(report))
     for note in report.notes:

@@ -10,7 +10,6 @@ import typer
 from tvmc_attend.errors import UserError
 
 from . import options
-from .remote import resolve_remote
 
 
 def run_command(
@@ -69,21 +68,15 @@ def _read_metadata(bundle: str) -> dict:
 def _remote_session(meta: dict, rpc_tracker: str | None, rpc_key: str | None,
                     rpc_host: str | None, emulate: bool) -> tuple[Any, str, bool]:
     """(session or None, where it runs, emulated?) for the RPC flags."""
+    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
-    board = get_board(meta["target"]["name"])
-    remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
-    if remote is None:
+    device = choose_device(get_board(meta["target"]["name"]), rpc_tracker, rpc_key, rpc_host,
+                           emulate)
+    if device.is_local:
         return None, "local", False
-    # Import TVM's RPC client before the tracker hands out a device: connect() imports it
-    # between the tracker request and the connection, and a board whose match key is not
-    # used within ~6 s regenerates it and refuses the session ("refused the session key").
-    import tvm.rpc  # noqa: F401
-
-    from tvmc_attend.device import connect
-
-    where = f"{'emulated board, ' if emulated else ''}{remote.describe()}"
-    return connect(remote), where, emulated
+    where = f"{'emulated board, ' if device.emulated else ''}{device.description}"
+    return device.connect(), where, device.emulated
 
 
 def register(app: typer.Typer) -> None:

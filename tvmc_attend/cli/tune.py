@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console, Group
@@ -12,14 +13,16 @@ from rich.table import Table
 from rich.text import Text
 
 from . import options
-from .remote import resolve_remote
+
+if TYPE_CHECKING:
+    from tvmc_attend.compile.tuning.tune import ProgressHook, TuneResult
 
 
 def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def task_table(result, title: str) -> Table:
+def task_table(result: TuneResult, title: str) -> Table:
     """Per-task table: trials done / budget, best latency, weight."""
     label = " (emulated)" if result.emulated else ""
     table = Table(title=title)
@@ -33,7 +36,7 @@ def task_table(result, title: str) -> Table:
     return table
 
 
-def summary_line(result) -> str:
+def summary_line(result: TuneResult) -> str:
     label = " (emulated)" if result.emulated else ""
     done = sum(t.done for t in result.tasks)
     return (f"trials {done}/{result.budget} ({result.new_trials} new, "
@@ -65,44 +68,31 @@ def tune_command(
         help="Exit at once if another tune is using the database (default: wait for it)."),
 ) -> None:
     """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
+    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
     # Check the flags before importing TVM and torch (seconds).
     board = get_board(target)
-    remote, emulated = resolve_remote(board, rpc_tracker, rpc_key, rpc_host, emulate)
+    device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
+    device.require_for(board, "tuning")
 
     from tvmc_attend.compile.frontend import ModelSource, parse_shape
     from tvmc_attend.compile.tuning.database import TuningDatabase
 
     source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
                          input_shape=parse_shape(input_shape) if input_shape else None)
-    tune_options = dict(trials=trials, trials_per_task=trials_per_task,
-                        trials_per_round=trials_per_round, seed=seed, log_dir=log_dir,
-                        wait=not no_wait)
     # One tune per database: lock it before importing TVM and torch (seconds), so that
     # --no-wait answers at once; tune_model takes the same lock again.
     with TuningDatabase.for_model(log_dir, board, source.name).lock(wait=not no_wait):
-        _tune(source, board, remote, emulated, fuse_dcac, tune_options)
+        from tvmc_attend.compile.tuning.tune import TuneOptions, tune_model
 
-
-def _tune(source, board, remote, emulated: bool, fuse_dcac: bool,
-          tune_options: dict[str, Any]) -> None:
-    from tvmc_attend.compile.tuning.tune import TuneOptions, TuneResult, at_most_every, tune_model
-
-    opts = TuneOptions(**tune_options)
-
-    def run(on_progress) -> TuneResult:
-        return tune_model(source, board, opts, remote=remote, emulated=emulated,
-                          on_progress=on_progress, fuse_dcac=fuse_dcac)
-
+        tune_options = TuneOptions(trials=trials, trials_per_task=trials_per_task,
+                                   trials_per_round=trials_per_round, seed=seed,
+                                   log_dir=log_dir, wait=not no_wait)
+        result = _with_progress(lambda on_progress: tune_model(
+            source, board, tune_options, device=device, on_progress=on_progress,
+            fuse_dcac=fuse_dcac))
     console = Console()
-    if console.is_terminal:
-        with Live(Text("importing the model and extracting tasks..."), console=console,
-                  auto_refresh=False, transient=True) as live:
-            result = run(lambda r: live.update(
-                Group(Text(summary_line(r)), task_table(r, "tuning")), refresh=True))
-    else:  # a log file or CI: a live table would only show at the end, so a line every 30 s
-        result = run(at_most_every(30.0, lambda r: console.print(summary_line(r))))
     console.print(task_table(result, f"{result.model} on {result.board}"))
     console.print(summary_line(result))
     console.print(f"database: {result.database}")
@@ -110,6 +100,20 @@ def _tune(source, board, remote, emulated: bool, fuse_dcac: bool,
         console.print(f"[bold]stopped:[/bold] {result.stopped}. Every record measured so far "
                       "is in the database; rerun the same command to resume.")
         sys.exit(130 if "Ctrl-C" in result.stopped else 1)
+
+
+def _with_progress(run: Callable[[ProgressHook], TuneResult]) -> TuneResult:
+    """``run(on_progress)`` with a live table on a terminal, else a line every 30 s (a log
+    file or CI would only show a live table at the end)."""
+    from tvmc_attend.compile.tuning.tune import at_most_every
+
+    console = Console()
+    if not console.is_terminal:
+        return run(at_most_every(30.0, lambda r: console.print(summary_line(r))))
+    with Live(Text("importing the model and extracting tasks..."), console=console,
+              auto_refresh=False, transient=True) as live:
+        return run(lambda r: live.update(Group(Text(summary_line(r)), task_table(r, "tuning")),
+                                         refresh=True))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,104 @@
+"""Where to run or measure: this host, or a board over TVM RPC (real or emulated).
+
+``choose_device`` turns the --rpc-tracker/--rpc-key, --rpc-host and --emulate flags into one
+``DeviceChoice``; tuning, benchmark, compare and explore take it as it is, and refuse a board
+target without a device (``require_for``, the one place that says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tvmc_attend.device.rpc import RemoteSpec, connect
+from tvmc_attend.errors import UserError
+from tvmc_attend.targets import Board
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """This host (``spec`` None) or the board ``spec`` reaches; ``emulated``: a qemu board
+    started by `device emulate` (its timings are labelled so)."""
+
+    spec: RemoteSpec | None = None
+    emulated: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return self.spec is None
+
+    @property
+    def description(self) -> str:
+        """"local", or the board's address as the reports and databases name it."""
+        return "local" if self.spec is None else self.spec.describe()
+
+    def require_for(self, board: Board, purpose: str) -> None:
+        """A board target needs a board: refuse (before any work) when none is chosen."""
+        if board.is_remote and self.spec is None:
+            raise UserError(
+                f"target {board.name} is a board: {purpose} needs one. Pass --rpc-tracker "
+                "HOST:PORT --rpc-key KEY or --rpc-host HOST:PORT (start an emulated board with "
+                f"`tvmc-attend device emulate --board {board.name}`), or use --emulate")
+
+    def connect(self, timeout_s: float = 60) -> Any:
+        """An RPC session on the board (a one-line UserError when it cannot be had); None for
+        this host."""
+        return None if self.spec is None else connect(self.spec, timeout_s=timeout_s)
+
+    def parallel_workers(self) -> int:
+        """Connect once (failing fast with advice), then count the devices that can measure
+        in parallel: every one registered under the key at a tracker, else one."""
+        from tvmc_attend.device import tracker
+
+        if self.spec is None:
+            return 1
+        self.connect()  # the session is dropped at once: this only fails fast
+        if not self.spec.via_tracker:
+            return 1
+        info = tracker.summary(self.spec.tracker_host, self.spec.tracker_port)
+        return max(1, tracker.server_count(info, self.spec.key))
+
+
+LOCAL = DeviceChoice()
+
+
+def choose_device(board: Board, rpc_tracker: str | None = None, rpc_key: str | None = None,
+                  rpc_host: str | None = None, emulate: bool = False) -> DeviceChoice:
+    """The device the flags name: ``emulate`` reuses (or starts) an emulated board for
+    ``board``; otherwise the --rpc-* flags, or this host when none is given."""
+    if emulate:
+        if rpc_tracker or rpc_host:
+            raise UserError("--emulate starts its own board: drop --rpc-tracker/--rpc-host, "
+                            "or drop --emulate to use that device")
+        if not board.is_remote:
+            raise UserError("--emulate needs a board target (e.g. --target rpi4); the host "
+                            "runs natively")
+        return DeviceChoice(_emulated_board(board), emulated=True)
+    spec = RemoteSpec.parse(rpc_tracker=rpc_tracker, rpc_key=rpc_key, rpc_host=rpc_host,
+                            default_key=board.rpc_key)
+    if spec is None:
+        return LOCAL
+    return DeviceChoice(spec, emulated=_is_emulated(spec))
+
+
+def _is_emulated(spec: RemoteSpec) -> bool:
+    """True when ``spec`` points at an emulated board started by `device emulate`."""
+    from tvmc_attend.device import emulator
+
+    for em in emulator.running():
+        if spec.via_tracker and em.tracker == spec.tracker_address and em.key == spec.key:
+            return True
+        if not spec.via_tracker and em.address == spec.address:
+            return True
+    return False
+
+
+def _emulated_board(board: Board) -> RemoteSpec:
+    """Reuse a running emulated board for ``board`` or start one (a direct RPC server)."""
+    from tvmc_attend.device import emulator
+
+    for em in emulator.running():
+        if em.board == board.name and em.alive():
+            return RemoteSpec.parse(rpc_host=em.address)
+    em = emulator.start(board.name, progress=lambda msg: print(msg, flush=True))
+    return RemoteSpec.parse(rpc_host=em.address)
