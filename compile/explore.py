@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from tvmc_attend.bench.variants import Variant, check_and_time, machine_info, rel_err, tvm_variant
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
 from tvmc_attend.files import save_figure_atomic
@@ -51,7 +52,6 @@ from .naswot import BATCH as PROXY_BATCH
 from .naswot import naswot_score
 from .pareto import Objective, pareto_front, pareto_layers
 from .pipeline import compile_bundle
-from .variants import Variant, check_and_time, machine_info, rel_err, tvm_variant
 
 PROXY_SIZE = 64  # NASWOT input resolution (independent of the timing resolution)
 REL_TOL = 1e-5  # TVM vs PyTorch, relative to the largest output

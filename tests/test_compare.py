@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import output, run_cli
 
-from tvmc_attend.compile.compare import (
+from tvmc_attend.bench.compare import (
     REL_TOL,
     CompareOptions,
     CompareReport,
@@ -18,7 +18,7 @@ from tvmc_attend.compile.compare import (
     plot,
     run_compare,
 )
-from tvmc_attend.compile.variants import Variant
+from tvmc_attend.bench.variants import Variant
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import get_board
 

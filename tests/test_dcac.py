@@ -293,7 +293,7 @@ def test_tune_seed_and_build_apply_records(tmp_path) -> None:
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmc_attend.compile.op_benchmark import dcac_block
+    from tvmc_attend.bench.op_benchmark import dcac_block
     from tvmc_attend.compile.tuning.database import TuningDatabase
     from tvmc_attend.compile.tuning.measure import make_measure_environment
     from tvmc_attend.compile.tuning.replay import MeasuredCandidates
@@ -334,8 +334,8 @@ def test_tune_seed_and_build_apply_records(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_op_benchmark_reports_every_variant(tmp_path) -> None:
-    from tvmc_attend.compile.benchmark import write_json
-    from tvmc_attend.compile.op_benchmark import VARIANTS, benchmark_dcac
+    from tvmc_attend.bench.benchmark import write_json
+    from tvmc_attend.bench.op_benchmark import VARIANTS, benchmark_dcac
 
     drop_unnamed_metaschedule_handlers()
     report = benchmark_dcac(HOST, trials=2, repeat=2, shapes=((16, 7),),
@@ -385,8 +385,8 @@ def test_neon_default_schedule_runs_on_the_emulated_rpi4(channels, size, emulate
     """The default schedule for aarch64 (NEON), on the emulated Cortex-A72 (correctness only:
     emulated timings mean nothing)."""
     from tvmc_attend import attend_runtime
+    from tvmc_attend.bench.op_benchmark import dcac_block
     from tvmc_attend.compile.bundle import write_bundle
-    from tvmc_attend.compile.op_benchmark import dcac_block
     from tvmc_attend.device import connect
 
     block = dcac_block(channels, size, seed=0, work=str(tmp_path))

@@ -18,7 +18,7 @@ def report_table(report) -> Table:
                 "x torch", "rel err"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     med = {v.key: v.stats().median_ms for v in report.variants}
-    from tvmc_attend.compile.benchmark import VARIANT_LABELS
+    from tvmc_attend.bench.benchmark import VARIANT_LABELS
 
     for v in report.variants:
         s = v.stats()
@@ -34,7 +34,7 @@ def report_table(report) -> Table:
 
 def dcac_tables(report) -> list[Table]:
     """Block-level and end-to-end tables of `benchmark --op dcac` (ratios: stock / fused)."""
-    from tvmc_attend.compile.op_benchmark import VARIANTS
+    from tvmc_attend.bench.op_benchmark import VARIANTS
 
     title = (f"DC-AC on {report.board}: {report.threads} threads, {report.trials} trials per "
              f"tuned block variant, {report.repeat} samples, {report.date}")
@@ -58,9 +58,9 @@ def dcac_tables(report) -> list[Table]:
 def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: int,
                   log_dir: str | None, input_size: int | None, seed: int,
                   json_path: str | None, keep: str | None) -> None:
-    from tvmc_attend.compile import benchmark
+    from tvmc_attend.bench import benchmark
+    from tvmc_attend.bench.op_benchmark import benchmark_dcac
     from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.op_benchmark import benchmark_dcac
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
@@ -109,7 +109,7 @@ def benchmark_command(
                                help="With --op: tuning trials for each block variant."),
 ) -> None:
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
-    from tvmc_attend.compile import benchmark
+    from tvmc_attend.bench import benchmark
     from tvmc_attend.compile.frontend import ModelSource, parse_shape
     from tvmc_attend.device.choice import choose_device
     from tvmc_attend.errors import UserError

@@ -81,8 +81,8 @@ def compare_command(
     emulate: bool = options.EMULATE,
 ) -> None:
     """Tune, compile and time AttendNeXt and its peers on one target, side by side."""
-    from tvmc_attend.compile import benchmark
-    from tvmc_attend.compile.compare import CompareOptions, plot, run_compare
+    from tvmc_attend.bench import benchmark
+    from tvmc_attend.bench.compare import CompareOptions, plot, run_compare
     from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
@@ -107,7 +107,7 @@ def compare_command(
     bad = [f"{r.name} ({r.variants['tvm'].max_rel_err})" for r in report.results
            if not r.numerics_ok]
     if bad:
-        from tvmc_attend.compile.compare import NUMERICS_RULE
+        from tvmc_attend.bench.compare import NUMERICS_RULE
 
         raise UserError(f"TVM output is wrong for {', '.join(bad)}: not {NUMERICS_RULE}")
 

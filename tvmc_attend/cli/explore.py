@@ -70,7 +70,7 @@ def explore_command(
     emulate: bool = options.EMULATE,
 ) -> None:
     """Search AttendNeXt's design space under limits; save the Pareto front by name."""
-    from tvmc_attend.compile import benchmark
+    from tvmc_attend.bench import benchmark
     from tvmc_attend.compile.explore import ExploreOptions, explore, plot
     from tvmc_attend.compile.explored import ENV_DIRS, search_dirs
     from tvmc_attend.device.choice import choose_device

@@ -14,16 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tvmc_attend.compile.build import require_cross_compiler
+from tvmc_attend.compile.frontend import ModelSource
+from tvmc_attend.compile.inputs import random_input
+from tvmc_attend.compile.onnx_export import export_onnx
+from tvmc_attend.compile.pipeline import compile_prepared
+from tvmc_attend.compile.prepare import prepare_model
+from tvmc_attend.compile.verify import reference_for
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.files import save_figure_atomic, write_json_atomic
 from tvmc_attend.targets import Board
 
-from .build import require_cross_compiler
-from .frontend import ModelSource
-from .inputs import random_input
-from .onnx_export import export_onnx
-from .pipeline import compile_prepared
-from .prepare import prepare_model
 from .variants import (
     Variant,
     check_and_time,
@@ -32,7 +33,6 @@ from .variants import (
     torch_variant,
     tvm_variant,
 )
-from .verify import reference_for
 
 # Display order and labels of the variants (JSON keys as the CLI contract names them).
 VARIANT_LABELS = {

@@ -19,19 +19,19 @@ from typing import Any
 
 import numpy as np
 
+from tvmc_attend.compile.build import require_cross_compiler
+from tvmc_attend.compile.frontend import ModelSource
+from tvmc_attend.compile.inputs import random_input
+from tvmc_attend.compile.onnx_export import export_onnx
+from tvmc_attend.compile.pipeline import compile_prepared
+from tvmc_attend.compile.prepare import prepare_model
+from tvmc_attend.compile.tuning.tune import TuneOptions, at_most_every, tune_prepared
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
 from tvmc_attend.files import save_figure_atomic
 from tvmc_attend.targets import Board
 
 from .benchmark import VARIANT_LABELS
-from .build import require_cross_compiler
-from .frontend import ModelSource
-from .inputs import random_input
-from .onnx_export import export_onnx
-from .pipeline import compile_prepared
-from .prepare import prepare_model
-from .tuning.tune import TuneOptions, at_most_every, tune_prepared
 from .variants import (
     Variant,
     check_and_time,

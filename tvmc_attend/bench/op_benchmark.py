@@ -20,16 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from tvmc_attend.compile.build import build_executable
+from tvmc_attend.compile.frontend import ModelSource
+from tvmc_attend.compile.inputs import random_input
+from tvmc_attend.compile.pipeline import open_database
+from tvmc_attend.compile.prepare import PreparedModel, prepare_model, with_dcac_fused
+from tvmc_attend.compile.tuning.database import TuningDatabase, count_records
+from tvmc_attend.compile.tuning.tune import TuneOptions, extract_tasks, tune_prepared
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
-from .build import build_executable
-from .frontend import ModelSource
-from .inputs import random_input
-from .pipeline import open_database
-from .prepare import PreparedModel, prepare_model, with_dcac_fused
-from .tuning.database import TuningDatabase, count_records
-from .tuning.tune import TuneOptions, extract_tasks, tune_prepared
 from .variants import Variant, check_and_time, machine_info, vm_variant
 
 # (channels, map size) of the DC-AC block of each AttendNeXt stage at 224x224.
