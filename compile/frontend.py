@@ -97,12 +97,8 @@ def _from_exported_program(exported: Any) -> Any:
 def _import_zoo(source: ModelSource) -> ImportedModel:
     import torch
 
-    from tvmc_attend.models import create_model, get_model_spec, list_models
+    from tvmc_attend.models import create_model, get_model_spec
 
-    from .explored import register_saved
-
-    if source.model not in {spec.name for spec in list_models()}:
-        register_saved(source.model)  # a saved `explore` front member, compiled by name
     if source.input_shape:
         raise UserError("--input-shape binds the symbolic dims of a model file; a zoo model "
                         "takes --input-size")

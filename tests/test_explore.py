@@ -17,12 +17,13 @@ import torch
 from helpers import REPO, cli_env, cli_path, output, run_cli
 from torch import nn
 
-from tvmc_attend.compile.design_space import NAME_PREFIX, Design, build_model, mutate, sample
-from tvmc_attend.compile.explore import ExploreOptions, screen
-from tvmc_attend.compile.naswot import naswot_score
-from tvmc_attend.compile.pareto import Objective, pareto_front, pareto_layers
 from tvmc_attend.errors import UserError
+from tvmc_attend.explore.design_space import mutate, sample
+from tvmc_attend.explore.naswot import naswot_score
+from tvmc_attend.explore.pareto import Objective, pareto_front, pareto_layers
+from tvmc_attend.explore.search import ExploreOptions, screen
 from tvmc_attend.models import DCAC, create_model
+from tvmc_attend.models.design import NAME_PREFIX, Design, build_model
 from tvmc_attend.models.stats import count_params
 
 # ------------------------------------------------------------------------------- design space

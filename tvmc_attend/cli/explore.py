@@ -71,9 +71,9 @@ def explore_command(
 ) -> None:
     """Search AttendNeXt's design space under limits; save the Pareto front by name."""
     from tvmc_attend.bench import benchmark
-    from tvmc_attend.compile.explore import ExploreOptions, explore, plot
-    from tvmc_attend.compile.explored import ENV_DIRS, search_dirs
     from tvmc_attend.device.choice import choose_device
+    from tvmc_attend.explore.search import ExploreOptions, explore, plot
+    from tvmc_attend.models.saved import ENV_DIRS, search_dirs
     from tvmc_attend.targets import get_board
 
     board = get_board(target)

@@ -1,10 +1,16 @@
-"""The model zoo: AttendNeXt, its DC-AC block and the timm peers it is compared with.
+"""The model zoo: AttendNeXt, its DC-AC block and the timm peers it is compared with, and
+AttendNeXt designs saved by `explore`.
 
 Importing the model modules registers them (``@register_model``), in the order ``list_models``
-reports. timm itself is imported only when a timm model is created.
+reports; ``saved`` registers the lookup of saved designs by name. timm itself is imported only
+when a timm model is created.
 """
 
-from tvmc_attend.models import attendnext, timm_peers  # noqa: F401  (registration side effect)
+from tvmc_attend.models import (  # noqa: F401  (registration side effect)
+    attendnext,
+    saved,
+    timm_peers,
+)
 from tvmc_attend.models.attendnext import (
     DCAC,
     AttendNeXt,

@@ -51,6 +51,10 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# Asked, in order, about a name that is not registered: each registers the model and returns
+# True when it knows the name (e.g. a saved `explore` design). Not listed by ``list_models``.
+ModelResolver = Callable[[str], bool]
+_RESOLVERS: list[ModelResolver] = []
 
 
 def register_model(
@@ -82,13 +86,22 @@ def register_model(
     return decorator
 
 
+def register_resolver(resolver: ModelResolver) -> ModelResolver:
+    """Decorator adding ``resolver`` to the names looked up beyond the registered models."""
+    _RESOLVERS.append(resolver)
+    return resolver
+
+
 def list_models() -> list[ModelSpec]:
     """All registered models, in registration order (the order the CLI lists them)."""
     return list(_REGISTRY.values())
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """Look a model up by name; a UserError lists the valid names."""
+    """Look a model up by name (asking the resolvers about an unregistered one); a UserError
+    lists the valid names."""
+    if name not in _REGISTRY:
+        any(resolve(name) for resolve in _RESOLVERS)
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -1,19 +1,16 @@
-"""The design space that `tvmc-attend explore` searches: AttendNeXt's reconstructed config fields.
+"""An AttendNeXt design: the few fields `tvmc-attend explore` varies, and the model they build.
 
 A ``Design`` names one point: per-stage widths and depths, which stages carry a DC-AC block,
-the DC-AC reduction and the number of columns (groups). The best-practice constraints the paper
-names are built into the space rather than checked afterwards: columnar design (at least two
-columns everywhere), early self-attention (stage 1 always has a DC-AC), anti-aliased
-downsampling (every transition is AADS) and widths that never shrink with depth (each stage's
-choices lie above the previous stage's).
+the DC-AC reduction and the number of columns (groups); its name is derived from those fields
+alone (``explore-<hash>``), so a saved design (``saved.py``) compiles by name. The default is
+the hand reconstruction (``AttendNeXtConfig``'s defaults).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
@@ -24,11 +21,6 @@ from tvmc_attend.models.attendnext import DCAC, AttendNeXt, AttendNeXtConfig, St
 NAME_PREFIX = "explore-"
 STAGE_BLOCKS = ("basic", "basic", "bottleneck", "bottleneck")
 STAGE_STRIDES = (1, 2, 2, 2)
-# Choices per stage, each around the reconstruction's value (40, 84, 176, 372 / 4, 4, 7, 2).
-WIDTH_CHOICES = ((24, 32, 40, 48), (56, 72, 84, 96), (128, 152, 176, 208), (288, 328, 372, 432))
-DEPTH_CHOICES = ((1, 2, 3, 4), (1, 2, 3, 4), (2, 4, 6, 7, 8, 10), (1, 2, 3))
-REDUCTION_CHOICES = (2, 4, 8)
-GROUP_CHOICES = (2, 4, 8)
 # The last stage's final block widens by this factor (372 -> 744 in the reconstruction).
 HEAD_EXPANSION = 2
 
@@ -100,62 +92,3 @@ def build_model(design: Design, num_classes: int = 1000) -> AttendNeXt:
         if not keep:
             stage[1] = nn.Identity()
     return model
-
-
-def _legal(design: Design) -> Design:
-    """Round widths up to multiples of the design's groups (every width splits into columns),
-    keeping them non-decreasing."""
-    widths: list[int] = []
-    for w in design.widths:
-        widths.append(max(-(-w // design.groups) * design.groups, widths[-1] if widths else 0))
-    return replace(design, widths=tuple(widths))
-
-
-def smallest() -> Design:
-    """The design with the fewest parameters the space allows (to refuse impossible limits)."""
-    return _legal(Design(widths=tuple(c[0] for c in WIDTH_CHOICES),
-                         depths=tuple(c[0] for c in DEPTH_CHOICES),
-                         dcac=(True, *(False for _ in STAGE_BLOCKS[1:])),
-                         dcac_reduction=max(REDUCTION_CHOICES), groups=max(GROUP_CHOICES)))
-
-
-def sample(rng: random.Random) -> Design:
-    """A uniformly random design of the space."""
-    return _legal(Design(
-        widths=tuple(rng.choice(c) for c in WIDTH_CHOICES),
-        depths=tuple(rng.choice(c) for c in DEPTH_CHOICES),
-        dcac=(True, *(rng.random() < 0.5 for _ in STAGE_BLOCKS[1:])),
-        dcac_reduction=rng.choice(REDUCTION_CHOICES),
-        groups=rng.choice(GROUP_CHOICES),
-    ))
-
-
-def _step(value: int, choices: tuple[int, ...], rng: random.Random) -> int:
-    """A neighbouring choice of ``value`` (or the nearest choice if it is not one)."""
-    i = min(range(len(choices)), key=lambda k: abs(choices[k] - value))
-    return choices[max(0, min(len(choices) - 1, i + rng.choice((-1, 1))))]
-
-
-def mutate(design: Design, rng: random.Random) -> Design:
-    """Change one field of ``design`` to a neighbouring value."""
-    field = rng.choice(("width", "depth", "dcac", "dcac_reduction", "groups"))
-    stage = rng.randrange(len(STAGE_BLOCKS))
-    if field == "width":
-        widths = list(design.widths)
-        widths[stage] = _step(widths[stage], WIDTH_CHOICES[stage], rng)
-        design = replace(design, widths=tuple(widths))
-    elif field == "depth":
-        depths = list(design.depths)
-        depths[stage] = _step(depths[stage], DEPTH_CHOICES[stage], rng)
-        design = replace(design, depths=tuple(depths))
-    elif field == "dcac":
-        flags = list(design.dcac)
-        stage = rng.randrange(1, len(flags))  # stage 1 keeps its DC-AC (early attention)
-        flags[stage] = not flags[stage]
-        design = replace(design, dcac=tuple(flags))
-    elif field == "dcac_reduction":
-        design = replace(design, dcac_reduction=_step(design.dcac_reduction,
-                                                      REDUCTION_CHOICES, rng))
-    else:
-        design = replace(design, groups=_step(design.groups, GROUP_CHOICES, rng))
-    return _legal(design)

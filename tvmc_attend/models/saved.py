@@ -1,11 +1,11 @@
-"""Saved `explore` front members: one JSON file per design, compilable by name.
+"""Saved AttendNeXt designs (`explore`'s front members): one JSON file each, a model by name.
 
-`tvmc-attend explore` writes ``<out>/explore-<hash>.json`` for every member of the Pareto front.
-The model registry asks ``register_saved(name)`` about names it does not know, so
+`tvmc-attend explore` writes ``<out>/explore-<hash>.json`` (``save_design``) for every member of
+the Pareto front. The registry asks ``register_saved(name)`` about names it does not know, so
 ``tvmc-attend compile --model explore-<hash>`` (and tune, benchmark, compare) builds the saved
-design like any zoo model. Files are looked up in ``$TVMC_ATTEND_EXPLORED`` (directories separated
-by ``os.pathsep``) or else in ``./explored``, the default ``--out`` of `explore` (the same
-working-directory convention as ``./tuning_logs``).
+design like any zoo model. Files are looked up in ``$TVMC_ATTEND_EXPLORED`` (directories
+separated by ``os.pathsep``) or else in ``./explored``, the default ``--out`` of `explore` (the
+same working-directory convention as ``./tuning_logs``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from tvmc_attend.errors import UserError
 from tvmc_attend.files import write_json_atomic
-
-from .design_space import NAME_PREFIX, Design, build_model
+from tvmc_attend.models.design import NAME_PREFIX, Design, build_model
+from tvmc_attend.models.registry import register_model, register_resolver
 
 FORMAT = "tvmc-attend-explored/1"
 ENV_DIRS = "TVMC_ATTEND_EXPLORED"
@@ -67,10 +67,9 @@ def find_saved(name: str) -> str | None:
     return None
 
 
+@register_resolver
 def register_saved(name: str) -> bool:
     """Register the saved design ``name`` in the model registry; False when there is none."""
-    from tvmc_attend.models.registry import register_model
-
     path = find_saved(name)
     if path is None:
         return False

@@ -7,17 +7,17 @@ This is a small, reproducible stand-in, in two stages:
    reconstruction first, then random designs, then mutations of the screening front) are built
    in PyTorch; those over ``max_params`` are dropped, the rest get their MACs and their NASWOT
    score (``naswot``), the accuracy proxy.
-2. Measurement (hardware in the loop): the reconstruction first, then designs in order of the
-   screening's Pareto layers (proxy up, params and MACs down), compiled through our pipeline
-   for the target and timed with the bundle loader, until ``budget`` designs are measured.
-   With a latency limit, each measured design calibrates a ms-per-MAC rate for this target,
-   and designs predicted to miss the limit are skipped without compiling. Finally all
-   measured designs are timed again, interleaved, and the Pareto front (proxy up, latency
-   and params down) is saved.
+2. Timing on the target (hardware in the loop): the reconstruction first, then designs in
+   order of the screening's Pareto layers (proxy up, params and MACs down), compiled through
+   our pipeline for the target and timed with the bundle loader, until ``budget`` designs are
+   timed (their status in the report: "measured"). With a latency limit, each timed design
+   calibrates a ms-per-MAC rate for this target, and designs predicted to miss the limit are
+   skipped without compiling. Finally all timed designs are timed again, interleaved, and the
+   Pareto front (proxy up, latency and params down) is saved as models (``models/saved.py``).
 
-Only measured latency can break reproducibility (it is noisy); the designs screened and the
-order of measurement depend on the seed alone unless a latency limit is set, and latencies
-within ``latency_tolerance`` of each other count as equal on the front.
+Only latency can break reproducibility (it is noisy); the designs screened and the order of
+timing depend on the seed alone unless a latency limit is set, and latencies within
+``latency_tolerance`` of each other count as equal on the front.
 
 Speed: the compiler's BatchNorm folding (Relax ``FoldConstant``) takes ~1 min per model on a
 2-core machine, so designs are compiled with BatchNorm already folded in PyTorch (the same
@@ -39,19 +39,20 @@ from typing import Any
 import numpy as np
 
 from tvmc_attend.bench.variants import Variant, check_and_time, machine_info, rel_err, tvm_variant
+from tvmc_attend.compile.frontend import ModelSource
+from tvmc_attend.compile.inputs import random_input
+from tvmc_attend.compile.pipeline import compile_bundle
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
 from tvmc_attend.files import save_figure_atomic
+from tvmc_attend.models.design import Design, build_model
+from tvmc_attend.models.saved import DEFAULT_DIR, save_design
 from tvmc_attend.targets import Board
 
-from .design_space import Design, build_model, mutate, sample, smallest
-from .explored import DEFAULT_DIR, save_design
-from .frontend import ModelSource
-from .inputs import random_input
+from .design_space import mutate, sample, smallest
 from .naswot import BATCH as PROXY_BATCH
 from .naswot import naswot_score
 from .pareto import Objective, pareto_front, pareto_layers
-from .pipeline import compile_bundle
 
 PROXY_SIZE = 64  # NASWOT input resolution (independent of the timing resolution)
 REL_TOL = 1e-5  # TVM vs PyTorch, relative to the largest output
@@ -66,7 +67,7 @@ class ExploreOptions:
     screen: int | None = None  # designs scored without the compiler (default 4 x budget, >= 16)
     seed: int = 0
     input_size: int = 128  # timing resolution (224 is the paper's)
-    trials: int = 0  # tuning trials per measured design; 0 times the untuned build
+    trials: int = 0  # tuning trials per timed design; 0 times the untuned build
     rounds: int = 5
     runs_per_round: int = 2
     latency_tolerance: float = 0.1
@@ -252,7 +253,7 @@ def _spread(items: list[Candidate]) -> list[Candidate]:
     return [items[i] for i in order]
 
 
-def measurement_order(pool: list[Candidate]) -> list[Candidate]:
+def timing_order(pool: list[Candidate]) -> list[Candidate]:
     """The hand reconstruction first (the reference the search has to beat), then the
     screening fronts; inside a front, spread over the MAC range."""
     first = [c for c in pool if c.origin == "reconstruction"]
@@ -261,7 +262,7 @@ def measurement_order(pool: list[Candidate]) -> list[Candidate]:
                     for c in _spread(sorted(layer, key=lambda c: (c.macs, c.name)))]
 
 
-# --------------------------------------------------------------------------------- measurement
+# -------------------------------------------------------------------------------------- timing
 
 
 def fold_batchnorm(model: Any) -> Any:
@@ -281,8 +282,8 @@ def fold_batchnorm(model: Any) -> Any:
 
 
 @dataclass
-class Measurer:
-    """Compiles designs for one board and loads them for timing (locally or over RPC)."""
+class DesignTimer:
+    """Compiles designs for one board and times them there (locally or over RPC)."""
 
     board: Board
     options: ExploreOptions
@@ -298,7 +299,7 @@ class Measurer:
     def _compile(self, name: str, model: Any, bundle: str) -> None:
         import torch
 
-        from .tuning.tune import TuneOptions, tune_model
+        from tvmc_attend.compile.tuning.tune import TuneOptions, tune_model
 
         o = self.options
         with tempfile.TemporaryDirectory(prefix="tvmc-attend-explore-") as tmp:
@@ -315,7 +316,7 @@ class Measurer:
             compile_bundle(source, self.board, bundle, untuned=not o.trials, log_dir=log_dir,
                            warn=lambda m: self.progress(f"warning: {m}"))
 
-    def measure(self, cand: Candidate, x: np.ndarray) -> None:
+    def compile_and_time(self, cand: Candidate, x: np.ndarray) -> None:
         """Compile (or reuse the untuned bundle of an earlier run), check and quick-time."""
         import torch
 
@@ -340,16 +341,16 @@ class Measurer:
         cand.status = "measured"
 
 
-def _predicted_ms(cand: Candidate, measured: list[Candidate]) -> float | None:
-    """Latency predicted from this target's measured ms per MAC (None before any measurement)."""
-    if not measured:
+def _predicted_ms(cand: Candidate, timed: list[Candidate]) -> float | None:
+    """Latency predicted from this target's ms per MAC so far (None before any timing)."""
+    if not timed:
         return None
-    return cand.macs * statistics.median(c.quick_ms / c.macs for c in measured)
+    return cand.macs * statistics.median(c.quick_ms / c.macs for c in timed)
 
 
 def explore(options: ExploreOptions, board: Board, device: DeviceChoice = LOCAL,
             progress: Callable[[str], None] = print) -> ExploreReport:
-    """Screen, measure ``budget`` designs on ``board`` (on ``device``), and save the Pareto
+    """Screen, time ``budget`` designs on ``board`` (on ``device``), and save the Pareto
     front."""
     if options.budget < 1:
         raise UserError("--budget must be at least 1 (designs measured on the target)")
@@ -358,34 +359,34 @@ def explore(options: ExploreOptions, board: Board, device: DeviceChoice = LOCAL,
     device.require_for(board, "explore")
     session = device.connect()
     pool = screen(options, progress)
-    measurer = Measurer(board, options, device=device, session=session, progress=progress)
+    timer = DesignTimer(board, options, device=device, session=session, progress=progress)
     x = random_input(options.input_shape, "float32", seed=options.seed)
-    measured: list[Candidate] = []
-    for cand in measurement_order(pool):
-        if len(measured) >= options.budget:
+    timed: list[Candidate] = []
+    for cand in timing_order(pool):
+        if len(timed) >= options.budget:
             break
-        cand.predicted_ms = _predicted_ms(cand, measured)
+        cand.predicted_ms = _predicted_ms(cand, timed)
         limit = options.max_latency_ms
         if limit and cand.predicted_ms and cand.predicted_ms > limit * (
                 1 + options.latency_tolerance):
             cand.status = "skipped"
             cand.note = f"predicted {cand.predicted_ms:.2f} ms > {limit} ms"
             continue
-        progress(f"measure {len(measured) + 1}/{options.budget} {cand.name}")
+        progress(f"measure {len(timed) + 1}/{options.budget} {cand.name}")
         try:
-            measurer.measure(cand, x)
+            timer.compile_and_time(cand, x)
         except UserError as err:  # e.g. an operator the target cannot build: keep searching
             cand.status, cand.note = "failed", str(err)
             progress(f"  failed: {err}")
             continue
-        measured.append(cand)
-    check_and_time([(c.variant, x, c.reference) for c in measured], options.rounds,
+        timed.append(cand)
+    check_and_time([(c.variant, x, c.reference) for c in timed], options.rounds,
                    options.runs_per_round, progress)
-    return _finish(options, board, pool, measured, device.emulated, device.description)
+    return _finish(options, board, pool, timed, device.emulated, device.description)
 
 
 def _finish(options: ExploreOptions, board: Board, pool: list[Candidate],
-            measured: list[Candidate], emulated: bool, device: str) -> ExploreReport:
+            timed: list[Candidate], emulated: bool, device: str) -> ExploreReport:
     """Pick the feasible, numerically correct designs' front and save its members."""
     size = options.input_size
     where = "reduced from the paper's 224x224 for speed" if size < 224 else "the paper's size"
@@ -394,7 +395,7 @@ def _finish(options: ExploreOptions, board: Board, pool: list[Candidate],
     if emulated:
         notes.append("latencies were taken on an emulated board: emulated, for function only")
     feasible = []
-    for c in measured:
+    for c in timed:
         if not c.numerics_ok:
             c.note = f"TVM output differs from PyTorch (rel err {c.variant.max_rel_err:.1e})"
         elif options.max_latency_ms and c.latency_ms > options.max_latency_ms:
@@ -416,7 +417,7 @@ def _finish(options: ExploreOptions, board: Board, pool: list[Candidate],
 
 
 def plot(report: ExploreReport, path: str) -> None:
-    """Two panels sharing the proxy axis: latency (measured designs) and params (all screened);
+    """Two panels sharing the proxy axis: latency (timed designs) and params (all screened);
     front members in colour and labelled, the hand reconstruction ringed."""
     import matplotlib
 
@@ -426,8 +427,8 @@ def plot(report: ExploreReport, path: str) -> None:
     label = " (emulated)" if report.emulated else ""
     size = report.options.input_size
     fig, (ax_lat, ax_par) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    measured = [c for c in report.candidates if c.variant is not None and c.variant.times_ms]
-    panels = ((ax_lat, measured, lambda c: c.latency_ms,
+    timed = [c for c in report.candidates if c.variant is not None and c.variant.times_ms]
+    panels = ((ax_lat, timed, lambda c: c.latency_ms,
                f"latency, ms{label} (median, {size}x{size}, {report.board})"),
               (ax_par, report.candidates, lambda c: c.params / 1e6, "parameters, M"))
     for ax, cands, xval, xlabel in panels:
@@ -447,7 +448,7 @@ def plot(report: ExploreReport, path: str) -> None:
         ax.legend(fontsize=8, loc="lower right")
     ax_lat.set_ylabel("NASWOT score (higher is better)")
     fig.suptitle(f"explore on {report.board}{label}: seed {report.options.seed}, "
-                 f"{len(measured)} measured of {len(report.candidates)} screened, "
+                 f"{len(timed)} measured of {len(report.candidates)} screened, "
                  f"<= {report.options.max_params / 1e6:.2f} M params, {report.date[:10]}")
     fig.tight_layout()
     save_figure_atomic(lambda tmp: fig.savefig(tmp, dpi=120), path)
