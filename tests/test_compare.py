@@ -11,14 +11,15 @@ import pytest
 from helpers import output, run_cli
 
 from tvmc_attend.bench.compare import (
-    REL_TOL,
     CompareOptions,
     CompareReport,
     ModelResult,
     plot,
     run_compare,
 )
+from tvmc_attend.bench.report import RunInfo
 from tvmc_attend.bench.variants import Variant
+from tvmc_attend.compile.verify import DEFAULT_TOLERANCE
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import get_board
 
@@ -47,7 +48,7 @@ def _result(name: str, params: int, tvm_ms: float, host: bool = True) -> ModelRe
 def test_ratios_refer_to_the_baseline_and_json_has_the_documented_keys() -> None:
     options = CompareOptions(models=["mobilenetv3_large_100", "attendnext"])
     assert options.baseline_model == "attendnext"
-    report = CompareReport(board="host", threads=2, emulated=False, device="local",
+    report = CompareReport(run=RunInfo(board="host", threads=2, emulated=False, device="local"),
                            options=options, notes=[],
                            results=[_result("mobilenetv3_large_100", 5_480_000, 30.0),
                                     _result("attendnext", 3_880_000, 3.0)])
@@ -63,12 +64,12 @@ def test_ratios_refer_to_the_baseline_and_json_has_the_documented_keys() -> None
     assert attendnext["vs_baseline"] == {"tvm": 1.0, "onnxruntime": 1.0, "torch": 1.0,
                                          "params": 1.0}
     assert mnv3["tvm"]["throughput_ips"] == pytest.approx(1e3 / 30.0)
-    assert mnv3["numerics_ok"] and data["rel_tol"] == REL_TOL
+    assert mnv3["numerics_ok"] and data["rel_tol"] == DEFAULT_TOLERANCE
 
 
 def test_plot_has_one_labelled_point_per_model(tmp_path) -> None:
     options = CompareOptions(models=["attendnext", "fbnetc_100"])
-    report = CompareReport(board="host", threads=2, emulated=False, device="local",
+    report = CompareReport(run=RunInfo(board="host", threads=2, emulated=False, device="local"),
                            options=options, notes=[],
                            results=[_result("attendnext", 3_880_000, 3.0),
                                     _result("fbnetc_100", 5_570_000, 40.0)])
@@ -91,7 +92,8 @@ def test_numerics_allow_for_the_float32_floor_of_the_reference() -> None:
 
 def test_emulated_numbers_are_labelled() -> None:
     options = CompareOptions(models=["attendnext"])
-    report = CompareReport(board="rpi4", threads=4, emulated=True, device="127.0.0.1:9090",
+    report = CompareReport(run=RunInfo(board="rpi4", threads=4, emulated=True,
+                                       device="127.0.0.1:9090"),
                            options=options, notes=[],
                            results=[_result("attendnext", 3_880_000, 300.0, host=False)])
     entry = report.as_json()["models"][0]

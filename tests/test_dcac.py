@@ -334,8 +334,8 @@ def test_tune_seed_and_build_apply_records(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_op_benchmark_reports_every_variant(tmp_path) -> None:
-    from tvmc_attend.bench.benchmark import write_json
     from tvmc_attend.bench.op_benchmark import VARIANTS, benchmark_dcac
+    from tvmc_attend.bench.report import write_json
 
     drop_unnamed_metaschedule_handlers()
     report = benchmark_dcac(HOST, trials=2, repeat=2, shapes=((16, 7),),

@@ -3,18 +3,17 @@
 Each model is imported once, tuned (``tune_prepared`` resumes from the (target, model) database,
 so a model tuned before costs nothing), built with its database into a bundle, and checked
 against PyTorch. Then every model's variants (TVM; on the host also ONNX Runtime and PyTorch)
-are timed interleaved round by round (``interleave``), so that load from other jobs hits every
+are timed interleaved round by round (``check_and_time``), so that load from other jobs hits every
 model alike. Latency ratios are relative to a baseline (AttendNeXt by default): a ratio of 10
 means the baseline is 10x faster than that model.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,31 +21,29 @@ import numpy as np
 from tvmc_attend.compile.build import require_cross_compiler
 from tvmc_attend.compile.frontend import ModelSource
 from tvmc_attend.compile.inputs import random_input
-from tvmc_attend.compile.onnx_export import export_onnx
 from tvmc_attend.compile.pipeline import compile_prepared
 from tvmc_attend.compile.prepare import prepare_model
 from tvmc_attend.compile.tuning.tune import TuneOptions, at_most_every, tune_prepared
+from tvmc_attend.compile.verify import DEFAULT_TOLERANCE, rel_err
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
-from tvmc_attend.files import save_figure_atomic
 from tvmc_attend.targets import Board
 
-from .benchmark import VARIANT_LABELS
+from .report import RunInfo, plot_to
 from .variants import (
+    HOST_ONLY_NOTE,
+    VARIANT_LABELS,
     Variant,
+    baseline_variants,
     check_and_time,
-    machine_info,
-    onnxruntime_variant,
-    rel_err,
-    torch_variant,
     tvm_variant,
 )
 
 DEFAULT_MODELS = ("attendnext", "mobilenetv3_large_100", "mobileone_s1", "fbnetc_100",
                   "mobilevit_xs")
-REL_TOL = 1e-5  # TVM vs PyTorch, relative to the largest output magnitude
-NUMERICS_RULE = (f"TVM within relative max({REL_TOL:g}, 2 x floor) of PyTorch's float32 output, "
-                 "where floor is that output's own distance to PyTorch's float64 output")
+NUMERICS_RULE = (f"TVM within relative max({DEFAULT_TOLERANCE:g}, 2 x floor) of PyTorch's "
+                 "float32 output, where floor is that output's own distance to PyTorch's "
+                 "float64 output")
 COLUMNS = ("tvm", "onnxruntime", "torch")  # JSON keys of the latency columns
 
 
@@ -88,7 +85,7 @@ class ModelResult:
         float32 (FBNet-C at 128x128: 1.2e-5), and two float32 runtimes each that close to it
         can differ by twice that; a real miscompile is orders of magnitude further off."""
         err = self.variants["tvm"].max_rel_err
-        return err is not None and err <= max(REL_TOL, 2 * self.torch_fp64_err)
+        return err is not None and err <= max(DEFAULT_TOLERANCE, 2 * self.torch_fp64_err)
 
     def median_ms(self, column: str) -> float | None:
         variant = self.variants.get(column)
@@ -97,15 +94,12 @@ class ModelResult:
 
 @dataclass
 class CompareReport:
-    board: str
-    threads: int
-    emulated: bool
-    device: str
+    """Every compared model's results, timed side by side in one run."""
+
+    run: RunInfo
     options: CompareOptions
     results: list[ModelResult]
     notes: list[str]
-    date: str = field(default_factory=lambda: datetime.datetime.now(
-        datetime.timezone.utc).isoformat(timespec="seconds"))
 
     @property
     def baseline(self) -> ModelResult:
@@ -124,7 +118,7 @@ class CompareReport:
 
     def _variant_json(self, column: str, variant: Variant) -> dict[str, Any]:
         entry = variant.stats().as_dict()
-        emulated = self.emulated and column == "tvm"
+        emulated = self.run.emulated and column == "tvm"
         entry.update(label=VARIANT_LABELS[variant.key] + (" (emulated)" if emulated else ""),
                      throughput_ips=1e3 / entry["median_ms"],
                      max_rel_err_vs_torch=variant.max_rel_err, emulated=emulated)
@@ -145,11 +139,9 @@ class CompareReport:
             entry.update({c: self._variant_json(c, v) for c, v in r.variants.items()})
             models.append(entry)
         return {
-            "kind": "compare", "target": self.board, "device": self.device,
-            "emulated": self.emulated, "threads": self.threads, "date": self.date,
-            "machine": machine_info(), "input_size": self.options.input_size,
+            "kind": "compare", **self.run.as_json(), "input_size": self.options.input_size,
             "trials": self.options.trials, "baseline": self.options.baseline_model,
-            "rel_tol": REL_TOL, "numerics_rule": NUMERICS_RULE, "notes": self.notes,
+            "rel_tol": DEFAULT_TOLERANCE, "numerics_rule": NUMERICS_RULE, "notes": self.notes,
             "models": models,
         }
 
@@ -185,8 +177,6 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str,
                  device: DeviceChoice, session: Any, notes: list[str],
                  progress: Callable[[str], None]) -> tuple[ModelResult, np.ndarray, Reference]:
     """Import, tune, build and load one model; returns it with its input and reference."""
-    import torch
-
     from tvmc_attend.models import model_stats
 
     progress(f"{name}: importing")
@@ -217,10 +207,7 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str,
     variants = {"tvm": tvm_variant("tvm_tuned" if meta["tuned"] else "tvm_untuned", bundle,
                                     session, threads)}
     if not board.is_remote:
-        onnx_path = export_onnx(imported.torch_module, torch.from_numpy(x),
-                                os.path.join(work, f"{name}.onnx"))
-        variants["onnxruntime"] = onnxruntime_variant(onnx_path, threads)
-        variants["torch"] = torch_variant(imported.torch_module, threads)
+        variants.update((v.key, v) for v in baseline_variants(imported, x, threads, work))
     stats = model_stats(imported.torch_module, imported.input_shape)
     result = ModelResult(name=name, params=stats.params, macs=stats.macs,
                          input_shape=imported.input_shape, tuning=tuning, variants=variants,
@@ -243,7 +230,7 @@ def run_compare(options: CompareOptions, board: Board, device: DeviceChoice = LO
     work = options.work_dir or tempfile.mkdtemp(prefix="tvmc-attend-compare-")
     notes: list[str] = []
     if board.is_remote:
-        notes.append("ONNX Runtime and PyTorch run on this host only: not measured for a board")
+        notes.append(HOST_ONLY_NOTE)
     if device.emulated:
         notes.append("TVM latencies were taken on an emulated board (qemu): emulated, 60-160x "
                      "slower than the real board and noisy; for function and numerics only")
@@ -257,48 +244,40 @@ def run_compare(options: CompareOptions, board: Board, device: DeviceChoice = LO
     check_and_time(checks, options.rounds, options.runs_per_round, progress)
     for result, (x, reference) in zip(results, inputs, strict=True):
         result.tvm_fp64_err = rel_err(result.variants["tvm"].run(x), reference.fp64)
-    return CompareReport(board=board.name, threads=board.thread_count(),
-                         emulated=device.emulated, device=device.description, options=options,
-                         results=results, notes=notes)
+    return CompareReport(run=RunInfo.on(board, device), options=options, results=results,
+                         notes=notes)
 
 
 def plot(report: CompareReport, path: str) -> None:
     """Latency vs parameters, one labelled point per model (TVM, p10-p90 bars); on the host,
     ONNX Runtime and PyTorch as hollow markers for context."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    label = " (emulated)" if report.emulated else ""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    run = report.run
     markers = {"tvm": ("o", "#1f77b4"), "onnxruntime": ("s", "#ff7f0e"), "torch": ("^", "#2ca02c")}
-    for column, (marker, colour) in markers.items():
-        rows = [(r.params / 1e6, r.variants[column].stats()) for r in report.results
-                if column in r.variants]
-        if not rows:
-            continue
-        xs, ys = [p for p, _ in rows], [s.median_ms for _, s in rows]
-        name = "TVM" + label if column == "tvm" else VARIANT_LABELS[column]
-        if column == "tvm":
-            err = [[s.median_ms - s.p10_ms for _, s in rows], [s.p90_ms - s.median_ms
-                                                                for _, s in rows]]
-            ax.errorbar(xs, ys, yerr=err, fmt=marker, color=colour, capsize=4, label=name)
-        else:
-            ax.scatter(xs, ys, marker=marker, facecolors="none", edgecolors=colour, label=name)
-    for r in report.results:
-        ax.annotate(r.name, (r.params / 1e6, r.median_ms("tvm")), fontsize=8, xytext=(5, 4),
-                    textcoords="offset points")
-    medians = [m for r in report.results for c in COLUMNS if (m := r.median_ms(c))]
-    if max(medians) > 10 * min(medians):
-        ax.set_yscale("log")
-    shape = "x".join(map(str, report.results[0].input_shape[-2:]))
-    ax.set_xlabel("parameters, M")
-    ax.set_ylabel(f"latency, ms{label} (median; bars p10-p90)")
-    ax.set_title(f"{report.board}{label}, {report.threads} threads, input {shape}, "
-                 f"{report.options.trials} trials/model, {report.date[:10]}", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure_atomic(lambda tmp: fig.savefig(tmp, dpi=120), path)
-    plt.close(fig)
+    with plot_to(path, figsize=(7.5, 5)) as (_fig, ax):
+        for column, (marker, colour) in markers.items():
+            rows = [(r.params / 1e6, r.variants[column].stats()) for r in report.results
+                    if column in r.variants]
+            if not rows:
+                continue
+            xs, ys = [p for p, _ in rows], [s.median_ms for _, s in rows]
+            name = "TVM" + run.label if column == "tvm" else VARIANT_LABELS[column]
+            if column == "tvm":
+                err = [[s.median_ms - s.p10_ms for _, s in rows], [s.p90_ms - s.median_ms
+                                                                    for _, s in rows]]
+                ax.errorbar(xs, ys, yerr=err, fmt=marker, color=colour, capsize=4, label=name)
+            else:
+                ax.scatter(xs, ys, marker=marker, facecolors="none", edgecolors=colour,
+                           label=name)
+        for r in report.results:
+            ax.annotate(r.name, (r.params / 1e6, r.median_ms("tvm")), fontsize=8, xytext=(5, 4),
+                        textcoords="offset points")
+        medians = [m for r in report.results for c in COLUMNS if (m := r.median_ms(c))]
+        if max(medians) > 10 * min(medians):
+            ax.set_yscale("log")
+        shape = "x".join(map(str, report.results[0].input_shape[-2:]))
+        ax.set_xlabel("parameters, M")
+        ax.set_ylabel(f"latency, ms{run.label} (median; bars p10-p90)")
+        ax.set_title(f"{run.board}{run.label}, {run.threads} threads, input {shape}, "
+                     f"{report.options.trials} trials/model, {run.date[:10]}", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)

@@ -11,11 +11,10 @@ round), so that machine noise hits all of them alike.
 
 from __future__ import annotations
 
-import datetime
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,16 +26,17 @@ from tvmc_attend.compile.pipeline import open_database
 from tvmc_attend.compile.prepare import PreparedModel, prepare_model, with_dcac_fused
 from tvmc_attend.compile.tuning.database import TuningDatabase, count_records
 from tvmc_attend.compile.tuning.tune import TuneOptions, extract_tasks, tune_prepared
+from tvmc_attend.compile.verify import DEFAULT_TOLERANCE
+from tvmc_attend.device.choice import LOCAL
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
-from .variants import Variant, check_and_time, machine_info, vm_variant
+from .report import RunInfo, machine_info
+from .variants import Variant, check_and_time, vm_variant
 
 # (channels, map size) of the DC-AC block of each AttendNeXt stage at 224x224.
 STAGE_SHAPES: tuple[tuple[int, int], ...] = ((40, 56), (84, 28), (176, 14), (372, 7))
 VARIANTS = ("stock_untuned", "fused_untuned", "stock_tuned", "fused_tuned")
-# Relative error allowed against PyTorch (float32, different summation orders).
-TOLERANCE = 1e-5
 
 
 @dataclass
@@ -103,7 +103,7 @@ def _ratios(variants: list[Variant]) -> dict[str, Any]:
         "p10_ms": {k: float(np.percentile(by_key[k].times_ms, 10)) for k in VARIANTS},
         "p90_ms": {k: float(np.percentile(by_key[k].times_ms, 90)) for k in VARIANTS},
         "max_rel_err": {k: by_key[k].max_rel_err for k in VARIANTS},
-        "numerics_ok": all(by_key[k].max_rel_err <= TOLERANCE for k in VARIANTS),
+        "numerics_ok": all(by_key[k].max_rel_err <= DEFAULT_TOLERANCE for k in VARIANTS),
         "speedup_tuned": median["stock_tuned"] / median["fused_tuned"],
         "speedup_untuned": median["stock_untuned"] / median["fused_untuned"],
         "fused_tuning_gain": median["fused_untuned"] / median["fused_tuned"],
@@ -165,22 +165,20 @@ def end_to_end(source: ModelSource, board: Board, log_dir: str | None,
 
 @dataclass
 class DCACReport:
-    """What `benchmark --op dcac` measured in one run."""
+    """What `benchmark --op dcac` timed in one run (on this host)."""
 
-    board: str
-    threads: int
+    run: RunInfo
     trials: int
     repeat: int
     blocks: list[dict[str, Any]]
     end_to_end: dict[str, Any] | None
-    date: str = field(default_factory=lambda: datetime.datetime.now(
-        datetime.timezone.utc).isoformat(timespec="seconds"))
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": "op_benchmark", "op": "dcac", "target": self.board,
-                "threads": self.threads, "date": self.date, "machine": machine_info(),
+        return {"kind": "op_benchmark", "op": "dcac", "target": self.run.board,
+                "threads": self.run.threads, "date": self.run.date, "machine": machine_info(),
                 "trials_per_block_variant": self.trials, "samples": self.repeat,
-                "tolerance": TOLERANCE, "blocks": self.blocks, "end_to_end": self.end_to_end}
+                "tolerance": DEFAULT_TOLERANCE, "blocks": self.blocks,
+                "end_to_end": self.end_to_end}
 
 
 def benchmark_dcac(board: Board, trials: int, repeat: int,
@@ -207,8 +205,7 @@ def benchmark_dcac(board: Board, trials: int, repeat: int,
     if whole:
         items.extend((v, whole.x, whole.reference) for v in whole.variants)
     check_and_time(items, rounds=repeat, runs_per_round=1, progress=progress)
-    return DCACReport(board=board.name, threads=board.thread_count(), trials=trials,
-                      repeat=repeat,
+    return DCACReport(run=RunInfo.on(board, LOCAL), trials=trials, repeat=repeat,
                       blocks=[_row(block, variants, tuning, trials)
                               for block, variants, tuning in blocks],
                       end_to_end=whole.row() if whole else None)

@@ -1,5 +1,5 @@
-"""Benchmark variants (a TVM bundle, ONNX Runtime, PyTorch eager, a Relax VM) and the one
-way they are timed: checked against a reference, then interleaved round by round.
+"""Variants, the timed things (a TVM bundle, ONNX Runtime, PyTorch eager, a Relax VM), and the
+one way they are timed: checked against a reference, then interleaved round by round.
 
 `benchmark` interleaves the variants of one model; `compare`, `explore` and the operator
 benchmark interleave those of several models (each with its own input), so that a noisy
@@ -9,7 +9,6 @@ neighbour or a clock change hits every variant alike instead of whichever ran du
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,18 @@ from typing import Any
 import numpy as np
 
 from tvmc_attend import attend_runtime
+from tvmc_attend.compile.frontend import ImportedModel
+from tvmc_attend.compile.onnx_export import export_onnx
+from tvmc_attend.compile.verify import rel_err
+
+# Display labels of the variant keys (the keys are the JSON keys the CLI contract names).
+VARIANT_LABELS = {
+    "tvm_untuned": "TVM untuned",
+    "tvm_tuned": "TVM tuned",
+    "onnxruntime": "ONNX Runtime",
+    "torch": "PyTorch eager",
+}
+HOST_ONLY_NOTE = "ONNX Runtime and PyTorch run on this host only: not measured for a board"
 
 
 @dataclass
@@ -33,25 +44,6 @@ class Variant:
 
     def stats(self) -> attend_runtime.LatencyStats:
         return attend_runtime.LatencyStats(times_ms=self.times_ms)
-
-
-def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
-    """Largest absolute difference relative to the reference's largest magnitude."""
-    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"hostname": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version()}
 
 
 def _timed(fn: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray, int], list[float]]:
@@ -123,6 +115,23 @@ def torch_variant(module: Any, threads: int) -> Variant:
         with torch.inference_mode():
             return module(torch.from_numpy(x)).numpy()
     return Variant("torch", run, _timed(run))
+
+
+def baseline_variants(imported: ImportedModel, x: np.ndarray, threads: int,
+                      work_dir: str) -> list[Variant]:
+    """The frameworks ``imported`` is compared with, on this host at ``threads``: ONNX Runtime
+    on the model's own .onnx file (or one exported from its PyTorch module into ``work_dir``),
+    and PyTorch eager when there is a PyTorch module."""
+    import torch
+
+    onnx_path = imported.path if imported.source == ".onnx" else None
+    if onnx_path is None and imported.torch_module is not None:
+        onnx_path = export_onnx(imported.torch_module, torch.from_numpy(x),
+                                os.path.join(work_dir, f"{imported.name}.onnx"))
+    variants = [onnxruntime_variant(onnx_path, threads)] if onnx_path else []
+    if imported.torch_module is not None:
+        variants.append(torch_variant(imported.torch_module, threads))
+    return variants
 
 
 def check_and_time(items: Sequence[tuple[Variant, np.ndarray, np.ndarray | None]],

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from . import options
 
+if TYPE_CHECKING:
+    from tvmc_attend.bench.benchmark import BenchmarkReport
+    from tvmc_attend.bench.op_benchmark import DCACReport
 
-def report_table(report) -> Table:
-    label = " (emulated)" if report.emulated else ""
-    table = Table(title=f"{report.model} on {report.board}{label}: {report.threads} threads, "
-                        f"{report.date}")
+
+def report_table(report: BenchmarkReport) -> Table:
+    run, label = report.run, report.run.label
+    table = Table(title=f"{report.model} on {run.board}{label}: {run.threads} threads, "
+                        f"{run.date}")
     # Ratios read "this many times faster than": >1 is faster.
     for col in ("variant", "median ms", "p10", "p90", "img/s", "x untuned", "x ORT",
                 "x torch", "rel err"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     med = {v.key: v.stats().median_ms for v in report.variants}
-    from tvmc_attend.bench.benchmark import VARIANT_LABELS
+    from tvmc_attend.bench.variants import VARIANT_LABELS
 
     for v in report.variants:
         s = v.stats()
@@ -32,12 +38,13 @@ def report_table(report) -> Table:
     return table
 
 
-def dcac_tables(report) -> list[Table]:
+def dcac_tables(report: DCACReport) -> list[Table]:
     """Block-level and end-to-end tables of `benchmark --op dcac` (ratios: stock / fused)."""
     from tvmc_attend.bench.op_benchmark import VARIANTS
 
-    title = (f"DC-AC on {report.board}: {report.threads} threads, {report.trials} trials per "
-             f"tuned block variant, {report.repeat} samples, {report.date}")
+    run = report.run
+    title = (f"DC-AC on {run.board}: {run.threads} threads, {report.trials} trials per "
+             f"tuned block variant, {report.repeat} samples, {run.date}")
     rows = [(f"{b['channels']}x{b['size']}x{b['size']}", b) for b in report.blocks]
     if report.end_to_end:
         e = report.end_to_end
@@ -58,8 +65,8 @@ def dcac_tables(report) -> list[Table]:
 def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: int,
                   log_dir: str | None, input_size: int | None, seed: int,
                   json_path: str | None, keep: str | None) -> None:
-    from tvmc_attend.bench import benchmark
     from tvmc_attend.bench.op_benchmark import benchmark_dcac
+    from tvmc_attend.bench.report import write_json
     from tvmc_attend.compile.frontend import ModelSource
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
@@ -77,7 +84,7 @@ def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: 
     for note in (report.end_to_end or {}).get("notes", []):
         console.print(f"note: {note}")
     if json_path:
-        benchmark.write_json(report, json_path)
+        write_json(report, json_path)
         console.print(f"JSON: {json_path}")
 
 
@@ -110,6 +117,7 @@ def benchmark_command(
 ) -> None:
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
     from tvmc_attend.bench import benchmark
+    from tvmc_attend.bench.report import write_json
     from tvmc_attend.compile.frontend import ModelSource, parse_shape
     from tvmc_attend.device.choice import choose_device
     from tvmc_attend.errors import UserError
@@ -137,7 +145,7 @@ def benchmark_command(
     for note in report.notes:
         console.print(f"note: {note}")
     if json_path:
-        benchmark.write_json(report, json_path)
+        write_json(report, json_path)
         console.print(f"JSON: {json_path}")
     if plot_path:
         benchmark.plot(report, plot_path)

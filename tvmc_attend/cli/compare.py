@@ -24,10 +24,10 @@ def _ratio(value: float | None) -> str:
 def report_table(report: Any) -> Table:
     """One row per model: size, TVM latency and throughput, ratios to the baseline, and the
     ONNX Runtime / PyTorch medians on the host."""
-    label = " (emulated)" if report.emulated else ""
+    label = report.run.label
     base = report.options.baseline_model
-    table = Table(title=f"compare on {report.board}{label}: {report.threads} threads, "
-                        f"{report.options.trials} trials/model, {report.date}",
+    table = Table(title=f"compare on {report.run.board}{label}: {report.run.threads} threads, "
+                        f"{report.options.trials} trials/model, {report.run.date}",
                   caption=f"ratios: latency (or params) / {base}'s; >1 means {base} is "
                           "faster (or smaller). rel err: TVM vs PyTorch float32; fp32 floor: "
                           "PyTorch float32 vs float64")
@@ -81,8 +81,8 @@ def compare_command(
     emulate: bool = options.EMULATE,
 ) -> None:
     """Tune, compile and time AttendNeXt and its peers on one target, side by side."""
-    from tvmc_attend.bench import benchmark
     from tvmc_attend.bench.compare import CompareOptions, plot, run_compare
+    from tvmc_attend.bench.report import write_json
     from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
@@ -99,7 +99,7 @@ def compare_command(
     for note in report.notes:
         console.print(f"note: {note}")
     if json_path:
-        benchmark.write_json(report, json_path)
+        write_json(report, json_path)
         console.print(f"JSON: {json_path}")
     if plot_path:
         plot(report, plot_path)

@@ -13,11 +13,11 @@ from . import options
 
 
 def front_table(report: Any) -> Table:
-    label = " (emulated)" if report.emulated else ""
+    label = report.run.label
     o = report.options
-    table = Table(title=f"Pareto front on {report.board}{label}: seed {o.seed}, "
+    table = Table(title=f"Pareto front on {report.run.board}{label}: seed {o.seed}, "
                         f"{sum(c.variant is not None for c in report.candidates)} measured of "
-                        f"{len(report.candidates)} screened, {report.date}")
+                        f"{len(report.candidates)} screened, {report.run.date}")
     for col in ("name", "params M", f"GMACs@{o.input_size}", "NASWOT",
                 f"ms@{o.input_size}{label}", "p10", "p90", "widths", "depths", "DC-AC",
                 "r", "g", "origin"):
@@ -70,7 +70,7 @@ def explore_command(
     emulate: bool = options.EMULATE,
 ) -> None:
     """Search AttendNeXt's design space under limits; save the Pareto front by name."""
-    from tvmc_attend.bench import benchmark
+    from tvmc_attend.bench.report import write_json
     from tvmc_attend.device.choice import choose_device
     from tvmc_attend.explore.search import ExploreOptions, explore, plot
     from tvmc_attend.models.saved import ENV_DIRS, search_dirs
@@ -89,7 +89,7 @@ def explore_command(
         console.print(f"note: {note}")
     json_path = json_path or os.path.join(out, "front.json")
     plot_path = plot_path or os.path.join(out, "front.png")
-    benchmark.write_json(report, json_path)
+    write_json(report, json_path)
     plot(report, plot_path)
     console.print(f"JSON: {json_path}\nplot: {plot_path}")
     if report.front:

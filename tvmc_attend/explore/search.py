@@ -27,7 +27,6 @@ a reduced ``input_size`` (the report says which).
 
 from __future__ import annotations
 
-import datetime
 import os
 import random
 import statistics
@@ -38,13 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from tvmc_attend.bench.variants import Variant, check_and_time, machine_info, rel_err, tvm_variant
+from tvmc_attend.bench.report import RunInfo, plot_to
+from tvmc_attend.bench.variants import Variant, check_and_time, tvm_variant
 from tvmc_attend.compile.frontend import ModelSource
 from tvmc_attend.compile.inputs import random_input
 from tvmc_attend.compile.pipeline import compile_bundle
+from tvmc_attend.compile.verify import DEFAULT_TOLERANCE, rel_err
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
-from tvmc_attend.files import save_figure_atomic
 from tvmc_attend.models.design import Design, build_model
 from tvmc_attend.models.saved import DEFAULT_DIR, save_design
 from tvmc_attend.targets import Board
@@ -55,7 +55,6 @@ from .naswot import naswot_score
 from .pareto import Objective, pareto_front, pareto_layers
 
 PROXY_SIZE = 64  # NASWOT input resolution (independent of the timing resolution)
-REL_TOL = 1e-5  # TVM vs PyTorch, relative to the largest output
 QUICK_RUNS = 3  # runs timed right after compiling, for the latency predictor
 
 
@@ -110,7 +109,7 @@ class Candidate:
     @property
     def numerics_ok(self) -> bool:
         return self.variant is not None and self.variant.max_rel_err is not None \
-            and self.variant.max_rel_err <= REL_TOL
+            and self.variant.max_rel_err <= DEFAULT_TOLERANCE
 
     def as_json(self, emulated: bool) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -142,23 +141,18 @@ def front_objectives(latency_tolerance: float) -> tuple[Objective, ...]:
 
 @dataclass
 class ExploreReport:
+    """Every screened design, the timed ones' latencies, and the front saved by name."""
+
     options: ExploreOptions
-    board: str
-    threads: int
-    emulated: bool
-    device: str
+    run: RunInfo
     candidates: list[Candidate]
     front: list[Candidate]
     notes: list[str]
-    date: str = field(default_factory=lambda: datetime.datetime.now(
-        datetime.timezone.utc).isoformat(timespec="seconds"))
 
     def as_json(self) -> dict[str, Any]:
         o = self.options
         return {
-            "kind": "explore", "target": self.board, "device": self.device,
-            "emulated": self.emulated, "threads": self.threads, "date": self.date,
-            "machine": machine_info(), "seed": o.seed, "budget": o.budget,
+            "kind": "explore", **self.run.as_json(), "seed": o.seed, "budget": o.budget,
             "screened": len(self.candidates), "max_params": o.max_params,
             "max_latency_ms": o.max_latency_ms, "input_size": o.input_size,
             "tuning_trials": o.trials, "latency_tolerance": o.latency_tolerance,
@@ -167,7 +161,7 @@ class ExploreReport:
                       "input_shape": [PROXY_BATCH, 3, PROXY_SIZE, PROXY_SIZE]},
             "notes": self.notes,
             "front": [c.name for c in self.front],
-            "candidates": [c.as_json(self.emulated) for c in self.candidates],
+            "candidates": [c.as_json(self.run.emulated) for c in self.candidates],
         }
 
 
@@ -330,7 +324,7 @@ class DesignTimer:
         if reuse:
             variant = tvm_variant("tvm_untuned", bundle, self.session, threads)
             # A bundle from an older model definition no longer matches: compile it again.
-            reuse = rel_err(variant.run(x), cand.reference) <= REL_TOL
+            reuse = rel_err(variant.run(x), cand.reference) <= DEFAULT_TOLERANCE
         if not reuse:
             self.progress(f"compiling {cand.name} for {self.board.name}")
             self._compile(cand.name, model, bundle)
@@ -382,17 +376,17 @@ def explore(options: ExploreOptions, board: Board, device: DeviceChoice = LOCAL,
         timed.append(cand)
     check_and_time([(c.variant, x, c.reference) for c in timed], options.rounds,
                    options.runs_per_round, progress)
-    return _finish(options, board, pool, timed, device.emulated, device.description)
+    return _finish(options, board, pool, timed, device)
 
 
 def _finish(options: ExploreOptions, board: Board, pool: list[Candidate],
-            timed: list[Candidate], emulated: bool, device: str) -> ExploreReport:
+            timed: list[Candidate], device: DeviceChoice) -> ExploreReport:
     """Pick the feasible, numerically correct designs' front and save its members."""
     size = options.input_size
     where = "reduced from the paper's 224x224 for speed" if size < 224 else "the paper's size"
     how = f"tuned with {options.trials} trials each" if options.trials else "untuned builds"
     notes = [f"latency measured at {size}x{size} ({where}), {how}"]
-    if emulated:
+    if device.emulated:
         notes.append("latencies were taken on an emulated board: emulated, for function only")
     feasible = []
     for c in timed:
@@ -404,52 +398,43 @@ def _finish(options: ExploreOptions, board: Board, pool: list[Candidate],
             feasible.append(c)
     front = sorted(pareto_front(feasible, front_objectives(options.latency_tolerance)),
                    key=lambda c: (c.latency_ms, c.name))
-    report = ExploreReport(options=options, board=board.name, threads=board.thread_count(),
-                           emulated=emulated, device=device, candidates=pool, front=front,
-                           notes=notes)
+    report = ExploreReport(options=options, run=RunInfo.on(board, device), candidates=pool,
+                           front=front, notes=notes)
     for c in front:
         c.on_front = True
         c.config_file = save_design(options.out_dir, c.design, {
-            "target": board.name, "emulated": emulated, "input_size": options.input_size,
+            "target": board.name, "emulated": device.emulated, "input_size": options.input_size,
             "params": c.params, "macs": c.macs, "naswot": c.proxy,
-            "latency_median_ms": c.latency_ms, "date": report.date})
+            "latency_median_ms": c.latency_ms, "date": report.run.date})
     return report
 
 
 def plot(report: ExploreReport, path: str) -> None:
     """Two panels sharing the proxy axis: latency (timed designs) and params (all screened);
     front members in colour and labelled, the hand reconstruction ringed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    label = " (emulated)" if report.emulated else ""
+    run = report.run
     size = report.options.input_size
-    fig, (ax_lat, ax_par) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     timed = [c for c in report.candidates if c.variant is not None and c.variant.times_ms]
-    panels = ((ax_lat, timed, lambda c: c.latency_ms,
-               f"latency, ms{label} (median, {size}x{size}, {report.board})"),
-              (ax_par, report.candidates, lambda c: c.params / 1e6, "parameters, M"))
-    for ax, cands, xval, xlabel in panels:
-        rest = [c for c in cands if not c.on_front]
-        ax.scatter([xval(c) for c in rest], [c.proxy for c in rest], c="#9aa5b1", s=22,
-                   label="screened" if ax is ax_par else "measured")
-        front = [c for c in cands if c.on_front]
-        ax.scatter([xval(c) for c in front], [c.proxy for c in front], c="#d62728", s=40,
-                   label="Pareto front")
-        for i, c in enumerate(sorted(front, key=xval)):  # alternate sides: neighbours overlap
-            ax.annotate(c.name.removeprefix("explore-"), (xval(c), c.proxy), fontsize=8,
-                        xytext=(4, 4 if i % 2 else -11), textcoords="offset points")
-        ref = [c for c in cands if c.origin == "reconstruction"]
-        ax.scatter([xval(c) for c in ref], [c.proxy for c in ref], facecolors="none",
-                   edgecolors="k", s=120, label="reconstruction")
-        ax.set_xlabel(xlabel)
-        ax.legend(fontsize=8, loc="lower right")
-    ax_lat.set_ylabel("NASWOT score (higher is better)")
-    fig.suptitle(f"explore on {report.board}{label}: seed {report.options.seed}, "
-                 f"{len(timed)} measured of {len(report.candidates)} screened, "
-                 f"<= {report.options.max_params / 1e6:.2f} M params, {report.date[:10]}")
-    fig.tight_layout()
-    save_figure_atomic(lambda tmp: fig.savefig(tmp, dpi=120), path)
-    plt.close(fig)
+    with plot_to(path, 1, 2, figsize=(11, 4.5), sharey=True) as (fig, (ax_lat, ax_par)):
+        panels = ((ax_lat, timed, lambda c: c.latency_ms,
+                   f"latency, ms{run.label} (median, {size}x{size}, {run.board})"),
+                  (ax_par, report.candidates, lambda c: c.params / 1e6, "parameters, M"))
+        for ax, cands, xval, xlabel in panels:
+            rest = [c for c in cands if not c.on_front]
+            ax.scatter([xval(c) for c in rest], [c.proxy for c in rest], c="#9aa5b1", s=22,
+                       label="screened" if ax is ax_par else "measured")
+            front = [c for c in cands if c.on_front]
+            ax.scatter([xval(c) for c in front], [c.proxy for c in front], c="#d62728", s=40,
+                       label="Pareto front")
+            for i, c in enumerate(sorted(front, key=xval)):  # alternate sides: neighbours overlap
+                ax.annotate(c.name.removeprefix("explore-"), (xval(c), c.proxy), fontsize=8,
+                            xytext=(4, 4 if i % 2 else -11), textcoords="offset points")
+            ref = [c for c in cands if c.origin == "reconstruction"]
+            ax.scatter([xval(c) for c in ref], [c.proxy for c in ref], facecolors="none",
+                       edgecolors="k", s=120, label="reconstruction")
+            ax.set_xlabel(xlabel)
+            ax.legend(fontsize=8, loc="lower right")
+        ax_lat.set_ylabel("NASWOT score (higher is better)")
+        fig.suptitle(f"explore on {run.board}{run.label}: seed {report.options.seed}, "
+                     f"{len(timed)} measured of {len(report.candidates)} screened, "
+                     f"<= {report.options.max_params / 1e6:.2f} M params, {run.date[:10]}")
