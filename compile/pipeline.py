@@ -10,7 +10,7 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
 from .build import build_scheduled, require_cross_compiler, schedule_module
-from .bundle import TuningInfo, check_output_dir, write_bundle
+from .bundle import Bundle, TuningInfo, check_output_dir, write_bundle
 from .frontend import ModelSource
 from .prepare import PreparedModel, prepare_model
 from .tuning.database import TuningDatabase
@@ -64,8 +64,8 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
 def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: bool = False,
                    log_dir: str | None = None, database_dir: str | None = None,
                    fuse_dcac: bool = True, verify: VerifyOptions | None = None,
-                   warn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Compile ``source`` for ``board`` into the bundle ``out_dir``; return its metadata.
+                   warn: Callable[[str], None] = print) -> Bundle:
+    """Compile ``source`` for ``board`` into the bundle ``out_dir``.
 
     The (target, model) tuning database is applied unless ``untuned`` (``warn`` gets why a
     database was skipped or is suspect); DC-AC blocks are fused unless ``fuse_dcac`` is False;
@@ -83,7 +83,7 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
 def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
                      untuned: bool = False, log_dir: str | None = None,
                      database_dir: str | None = None, verify: VerifyOptions | None = None,
-                     warn: Callable[[str], None] = print) -> dict[str, Any]:
+                     warn: Callable[[str], None] = print) -> Bundle:
     """Build an already prepared model into a bundle (importing and folding a model takes up
     to a minute: callers that build one model several ways prepare it once)."""
     database, tuning = None, TuningInfo()

@@ -191,10 +191,19 @@ def test_recompiling_over_a_bundle_replaces_it(dcac_bundle, bundle_copy) -> None
 
     (bundle_copy / "stale.txt").write_text("old")
     meta = compile_bundle(ModelSource("dcac", input_size=DCAC_SIZE), get_board("host"),
-                          str(bundle_copy), untuned=True)
+                          str(bundle_copy), untuned=True).metadata
     assert not (bundle_copy / "stale.txt").exists()
-    assert json.loads((bundle_copy / "metadata.json").read_text())["library"] == meta["library"]
+    assert json.loads((bundle_copy / "metadata.json").read_text()) == meta.to_json()
     assert not [p for p in bundle_copy.parent.iterdir() if p.name.startswith(".bundle-")]
+
+
+def test_bundle_metadata_reads_back_as_written(dcac_bundle) -> None:
+    from tvmc_attend.compile.bundle import Bundle
+
+    text = (dcac_bundle / "metadata.json").read_text()
+    meta = Bundle.open(str(dcac_bundle)).metadata
+    assert json.dumps(meta.to_json(), indent=2) + "\n" == text  # byte for byte
+    assert meta.verified is None and meta.input.shape == (1, 40, DCAC_SIZE, DCAC_SIZE)
 
 
 def test_run_wrong_input_shape(dcac_bundle, tmp_path) -> None:

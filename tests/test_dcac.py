@@ -365,9 +365,9 @@ def test_fused_attendnext_s_runs_on_the_emulated_rpi4(emulated_rpi4, tmp_path) -
     from tvmc_attend.device import connect
     from tvmc_attend.models import create_model
 
-    meta = compile_bundle(ModelSource("attendnext_s", input_size=64), RPI4,
-                          str(tmp_path / "bundle"), untuned=True)
-    assert meta["fused_dcac"] == 4
+    bundle = compile_bundle(ModelSource("attendnext_s", input_size=64), RPI4,
+                            str(tmp_path / "bundle"), untuned=True)
+    assert bundle.metadata.fused_dcac == 4
     module = create_model("attendnext_s", input_size=64)
     xs = inputs((1, 3, 64, 64))
     refs = assert_depends_on_input(module, xs)

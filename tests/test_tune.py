@@ -138,8 +138,8 @@ def test_untuned_flag_ignores_the_database(tuned, tmp_path) -> None:
     warnings: list[str] = []
     meta = compile_bundle(ModelSource(MODEL, input_size=SIZE), get_board("host"),
                           str(tmp_path / "b"), untuned=True, log_dir=str(tuned.log_dir),
-                          warn=warnings.append)
-    assert meta["tuned"] is False and meta["tuning"]["database"] is None and not warnings
+                          warn=warnings.append).metadata
+    assert meta.tuned is False and meta.tuning.database is None and not warnings
 
 
 def test_rerun_measures_nothing_new(tuned) -> None:

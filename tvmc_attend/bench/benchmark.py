@@ -83,14 +83,14 @@ def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCA
     untuned_dir = os.path.join(work, "untuned")
     compile_prepared(prepared, board, untuned_dir, untuned=True)
     tuned_dir = os.path.join(work, "tuned")
-    tuned_meta = compile_prepared(prepared, board, tuned_dir, log_dir=log_dir,
+    tuned = compile_prepared(prepared, board, tuned_dir, log_dir=log_dir,
                                   warn=notes.append)
     x = random_input(imported.input_shape, imported.input_dtype)
     framework = reference_for(imported)  # PyTorch, or ONNX Runtime for a .onnx file
     reference = framework.run(x) if framework is not None else None
 
     variants = [tvm_variant("tvm_untuned", untuned_dir, session, threads)]
-    if tuned_meta["tuned"]:
+    if tuned.metadata.tuned:
         variants.append(tvm_variant("tvm_tuned", tuned_dir, session, threads))
     if not board.is_remote:
         variants += baseline_variants(imported, x, threads, work)
@@ -98,9 +98,9 @@ def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCA
         notes.append(HOST_ONLY_NOTE)
 
     check_and_time([(v, x, reference) for v in variants], rounds, runs_per_round, progress)
-    tuning = {"database": tuned_meta["tuning"]["database"],
-              "records": tuned_meta["tuning"]["records"], "tuned": tuned_meta["tuned"],
-              "fused_dcac": tuned_meta["fused_dcac"]}
+    meta = tuned.metadata
+    tuning = {"database": meta.tuning.database, "records": meta.tuning.records,
+              "tuned": meta.tuned, "fused_dcac": meta.fused_dcac}
     return BenchmarkReport(model=imported.name, run=RunInfo.on(board, device), variants=variants,
                            tuning=tuning, notes=notes,
                            reference=framework.name if framework else None)

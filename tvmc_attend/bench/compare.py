@@ -198,13 +198,13 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str,
             raise UserError(f"tuning {name} stopped ({tuned.stopped}); rerun to resume")
     progress(f"{name}: building")
     bundle = os.path.join(work, name)
-    meta = compile_prepared(prepared, board, bundle, log_dir=options.log_dir, warn=notes.append)
-    tuning.update(tuned=meta["tuned"], database=meta["tuning"]["database"],
-                  records=meta["tuning"]["records"])
+    meta = compile_prepared(prepared, board, bundle, log_dir=options.log_dir,
+                            warn=notes.append).metadata
+    tuning.update(tuned=meta.tuned, database=meta.tuning.database, records=meta.tuning.records)
     threads = board.thread_count()
     x = random_input(imported.input_shape, imported.input_dtype, seed=options.seed)
     reference = _reference(imported.torch_module, x, options.seed)
-    variants = {"tvm": tvm_variant("tvm_tuned" if meta["tuned"] else "tvm_untuned", bundle,
+    variants = {"tvm": tvm_variant("tvm_tuned" if meta.tuned else "tvm_untuned", bundle,
                                     session, threads)}
     if not board.is_remote:
         variants.update((v.key, v) for v in baseline_variants(imported, x, threads, work))

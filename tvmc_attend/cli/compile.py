@@ -70,20 +70,19 @@ def compile_command(
     start = time.perf_counter()
     meta = compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,
                           database_dir=database, fuse_dcac=fuse_dcac, verify=check,
-                          warn=lambda m: typer.echo(f"warning: {m}", err=True))
+                          warn=lambda m: typer.echo(f"warning: {m}", err=True)).metadata
     elapsed = time.perf_counter() - start
-    how = (f"tuned, {meta['tuning']['records']} records" if meta["tuned"] else "untuned")
-    how += f", {meta['fused_dcac']} DC-AC blocks fused"
-    typer.echo(f"compiled {meta['model']} for {board.name} ({meta['target']['triple']}, {how}) "
+    how = f"tuned, {meta.tuning.records} records" if meta.tuned else "untuned"
+    how += f", {meta.fused_dcac} DC-AC blocks fused"
+    typer.echo(f"compiled {meta.model} for {board.name} ({meta.target.triple}, {how}) "
                f"in {elapsed:.1f} s -> {output}")
-    typer.echo(f"  input {meta['input']['name']} {meta['input']['shape']} "
-               f"{meta['input']['dtype']}, output {meta['output']['shape']}, "
-               f"library {meta['library']['file']} sha256 {meta['library']['sha256'][:16]}...")
-    verified = meta["verified"]
-    if verified:
-        typer.echo(f"  verified against {verified['reference']} on {verified['where']}: max "
-                   f"relative error {verified['max_rel_err']:.1e} (tolerance "
-                   f"{verified['tolerance']:g})")
+    typer.echo(f"  input {meta.input.name} {list(meta.input.shape)} {meta.input.dtype}, output "
+               f"{list(meta.output.shape)}, library {meta.library_file} sha256 "
+               f"{meta.library_sha256[:16]}...")
+    if meta.verified is not None:
+        typer.echo(f"  verified against {meta.verified.reference} on {meta.verified.where}: max "
+                   f"relative error {meta.verified.max_rel_err:.1e} (tolerance "
+                   f"{meta.verified.tolerance:g})")
     else:
         typer.echo("  not verified (--no-verify)" if not verify else
                    "  not verified: the model has no framework reference")

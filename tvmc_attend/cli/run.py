@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
@@ -10,6 +10,9 @@ import typer
 from tvmc_attend.errors import UserError
 
 from . import options
+
+if TYPE_CHECKING:
+    from tvmc_attend.compile.bundle import BundleMetadata
 
 
 def run_command(
@@ -26,11 +29,12 @@ def run_command(
 ) -> None:
     """Run a bundle locally or on an RPC device; print top-5 and the median latency."""
     from tvmc_attend import attend_runtime
+    from tvmc_attend.compile.bundle import Bundle
     from tvmc_attend.compile.inputs import imagenet_labels, load_input, top_k
 
-    meta = _read_metadata(bundle)
+    meta = Bundle.open(bundle).metadata
     # Read the input before connecting, uploading and loading: a bad file fails at once.
-    x = load_input(input_path, tuple(meta["input"]["shape"]), meta["input"]["dtype"])
+    x = load_input(input_path, meta.input.shape, meta.input.dtype)
     session, where, emulated = _remote_session(meta, rpc_tracker, rpc_key, rpc_host, emulate)
     try:
         model = attend_runtime.load(bundle, remote=session, threads=threads)
@@ -40,7 +44,7 @@ def run_command(
         raise UserError(str(err)) from None
     if output_path:
         np.save(output_path, y)
-    typer.echo(f"{meta['model']} on {meta['target']['name']} ({where}), "
+    typer.echo(f"{meta.model} on {meta.target.name} ({where}), "
                f"input {'random' if input_path is None else input_path}")
     if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] > 1:
         labels = imagenet_labels(y.shape[1])
@@ -56,23 +60,13 @@ def run_command(
         typer.echo(f"output saved to {output_path}")
 
 
-def _read_metadata(bundle: str) -> dict:
-    from tvmc_attend import attend_runtime
-
-    try:
-        return attend_runtime.read_metadata(bundle)
-    except attend_runtime.BundleError as err:
-        raise UserError(str(err)) from None
-
-
-def _remote_session(meta: dict, rpc_tracker: str | None, rpc_key: str | None,
+def _remote_session(meta: BundleMetadata, rpc_tracker: str | None, rpc_key: str | None,
                     rpc_host: str | None, emulate: bool) -> tuple[Any, str, bool]:
     """(session or None, where it runs, emulated?) for the RPC flags."""
     from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
-    device = choose_device(get_board(meta["target"]["name"]), rpc_tracker, rpc_key, rpc_host,
-                           emulate)
+    device = choose_device(get_board(meta.target.name), rpc_tracker, rpc_key, rpc_host, emulate)
     if device.is_local:
         return None, "local", False
     where = f"{'emulated board, ' if device.emulated else ''}{device.description}"
