@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import options
+from .options import DeviceFlags
+from .report import show_report
 
 if TYPE_CHECKING:
     from tvmc_attend.bench.benchmark import BenchmarkReport
@@ -66,7 +67,6 @@ def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: 
                   log_dir: str | None, input_size: int | None, seed: int,
                   json_path: str | None, keep: str | None) -> None:
     from tvmc_attend.bench.op_benchmark import benchmark_dcac
-    from tvmc_attend.bench.report import write_json
     from tvmc_attend.compile.frontend import ModelSource
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
@@ -78,53 +78,41 @@ def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: 
     report = benchmark_dcac(board, trials=trials, repeat=rounds, seed=seed, model=source,
                             log_dir=log_dir, work_dir=keep,
                             progress=lambda m: typer.echo(m, err=True))
-    console = Console(width=None if Console().is_terminal else 150)
-    for table in dcac_tables(report):
-        console.print(table)
-    for note in (report.end_to_end or {}).get("notes", []):
-        console.print(f"note: {note}")
-    if json_path:
-        write_json(report, json_path)
-        console.print(f"JSON: {json_path}")
+    show_report(report, dcac_tables(report), (report.end_to_end or {}).get("notes", []),
+                width=150, json_path=json_path)
 
 
+@options.with_device_flags
 def benchmark_command(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Zoo model name or a .onnx / .pt2 file (with --op: the "
         "model measured end to end, default attendnext)."),
     target: str = options.TARGET,
-    rounds: int = options.ROUNDS,
-    runs_per_round: int = typer.Option(5, "--runs-per-round", min=1,
-                                       help="Timed runs of each variant per round."),
-    json_path: str | None = options.JSON_REPORT,
-    plot_path: str | None = typer.Option(None, "--plot", help="Write a PNG bar chart."),
+    rounds: int = options.rounds(),
+    runs_per_round: int = options.runs_per_round(5),
+    json_path: str | None = options.json_report(),
+    plot_path: str | None = options.plot("Write a PNG bar chart."),
     log_dir: str | None = options.LOG_DIR,
     keep: str | None = options.KEEP,
     input_size: int | None = options.INPUT_SIZE,
     input_shape: str | None = options.INPUT_SHAPE,
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
-    rpc_tracker: str | None = options.RPC_TRACKER,
-    rpc_key: str | None = options.RPC_KEY,
-    rpc_host: str | None = options.RPC_HOST,
-    emulate: bool = options.EMULATE,
     fuse_dcac: bool = options.FUSE_DCAC,
     op: str | None = typer.Option(
         None, "--op", help="Benchmark an operator instead: 'dcac' (stock Relax fusion vs our "
         "fused DC-AC, per AttendNeXt stage and end to end; host only)."),
     trials: int = typer.Option(64, "--trials", min=1,
                                help="With --op: tuning trials for each block variant."),
+    device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
     from tvmc_attend.bench import benchmark
-    from tvmc_attend.bench.report import write_json
-    from tvmc_attend.compile.frontend import ModelSource, parse_shape
-    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
     if op is not None:
-        if rpc_tracker or rpc_host or emulate:
+        if device.given:
             raise UserError("--op measures on this host only; drop --rpc-*/--emulate")
         _benchmark_op(op, model, target, trials, rounds, log_dir, input_size, seed,
                       json_path, keep)
@@ -133,23 +121,13 @@ def benchmark_command(
         raise UserError("missing --model: pass a zoo model name or a .onnx/.pt2 file "
                         "(or --op dcac)")
     board = get_board(target)
-    device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
-    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
-                         input_shape=parse_shape(input_shape) if input_shape else None)
+    source = options.model_source(model, input_size, input_shape, checkpoint, seed)
     report = benchmark.run_benchmark(
-        source, board, device=device, rounds=rounds, runs_per_round=runs_per_round,
+        source, board, device=device.choose(board), rounds=rounds, runs_per_round=runs_per_round,
         log_dir=log_dir, work_dir=keep, fuse_dcac=fuse_dcac,
         progress=lambda m: typer.echo(m, err=True))
-    console = Console(width=None if Console().is_terminal else 110)
-    console.print(report_table(report))
-    for note in report.notes:
-        console.print(f"note: {note}")
-    if json_path:
-        write_json(report, json_path)
-        console.print(f"JSON: {json_path}")
-    if plot_path:
-        benchmark.plot(report, plot_path)
-        console.print(f"plot: {plot_path}")
+    show_report(report, [report_table(report)], report.notes, width=110, json_path=json_path,
+                plot_path=plot_path, plot=benchmark.plot)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tvmc_attend.errors import UserError
 
 from . import options
+from .options import DeviceFlags
+from .report import show_report
 
 
 def _ms(value: float | None) -> str:
@@ -56,6 +57,7 @@ def report_table(report: Any) -> Table:
     return table
 
 
+@options.with_device_flags
 def compare_command(
     target: str = options.TARGET,
     models: str = typer.Option(
@@ -66,44 +68,29 @@ def compare_command(
                                  "else the first)."),
     trials: int = typer.Option(200, "--trials", min=0,
                                help="Tuning budget per model (resumes; 0: no tuning)."),
-    rounds: int = options.ROUNDS,
-    runs_per_round: int = typer.Option(3, "--runs-per-round", min=1,
-                                       help="Timed runs of each variant per round."),
-    json_path: str | None = options.JSON_REPORT,
-    plot_path: str | None = typer.Option(None, "--plot", help="Write latency vs params (PNG)."),
+    rounds: int = options.rounds(),
+    runs_per_round: int = options.runs_per_round(3),
+    json_path: str | None = options.json_report(),
+    plot_path: str | None = options.plot("Write latency vs params (PNG)."),
     log_dir: str | None = options.LOG_DIR,
     keep: str | None = options.KEEP,
     input_size: int | None = options.INPUT_SIZE,
     seed: int = options.SEED,
-    rpc_tracker: str | None = options.RPC_TRACKER,
-    rpc_key: str | None = options.RPC_KEY,
-    rpc_host: str | None = options.RPC_HOST,
-    emulate: bool = options.EMULATE,
+    device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Tune, compile and time AttendNeXt and its peers on one target, side by side."""
     from tvmc_attend.bench.compare import CompareOptions, plot, run_compare
-    from tvmc_attend.bench.report import write_json
-    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
     board = get_board(target)
-    device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
     opts = CompareOptions(models=[m.strip() for m in models.split(",") if m.strip()],
                           baseline=baseline, trials=trials, input_size=input_size, seed=seed,
                           log_dir=log_dir, work_dir=keep, rounds=rounds,
                           runs_per_round=runs_per_round)
-    report = run_compare(opts, board, device=device,
+    report = run_compare(opts, board, device=device.choose(board),
                          progress=lambda m: typer.echo(m, err=True))
-    console = Console(width=None if Console().is_terminal else 200)
-    console.print(report_table(report))
-    for note in report.notes:
-        console.print(f"note: {note}")
-    if json_path:
-        write_json(report, json_path)
-        console.print(f"JSON: {json_path}")
-    if plot_path:
-        plot(report, plot_path)
-        console.print(f"plot: {plot_path}")
+    show_report(report, [report_table(report)], report.notes, width=200, json_path=json_path,
+                plot_path=plot_path, plot=plot)
     bad = [f"{r.name} ({r.variants['tvm'].max_rel_err})" for r in report.results
            if not r.numerics_ok]
     if bad:

@@ -11,8 +11,10 @@ from tvmc_attend.compile.verify import DEFAULT_TOLERANCE
 from tvmc_attend.errors import UserError
 
 from . import options
+from .options import DeviceFlags
 
 
+@options.with_device_flags
 def compile_command(
     model: str = options.MODEL,
     target: str = options.TARGET,
@@ -33,10 +35,7 @@ def compile_command(
     tolerance: float = typer.Option(
         DEFAULT_TOLERANCE, "--tolerance", min=0.0,
         help="Largest max|TVM - reference| / max|reference| that --verify accepts."),
-    rpc_tracker: str | None = options.RPC_TRACKER,
-    rpc_key: str | None = options.RPC_KEY,
-    rpc_host: str | None = options.RPC_HOST,
-    emulate: bool = options.EMULATE,
+    device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Compile a model for a board into a self-contained bundle directory.
 
@@ -44,27 +43,24 @@ def compile_command(
     on the board given by --rpc-*/--emulate, or else on the board build's host twin (the same
     graph and schedules compiled for this host)."""
     from tvmc_attend.compile.bundle import check_output_dir
-    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
     # Check the cheap things before importing TVM and torch (seconds) and the model (minutes).
     board = get_board(target)
     check_output_dir(os.path.abspath(output))
 
-    from tvmc_attend.compile.frontend import ModelSource, parse_shape
     from tvmc_attend.compile.pipeline import compile_bundle
     from tvmc_attend.compile.verify import VerifyOptions
 
-    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
-                         input_shape=parse_shape(input_shape) if input_shape else None)
+    source = options.model_source(model, input_size, input_shape, checkpoint, seed)
     check = None
     if verify:
-        device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
+        chosen = device.choose(board)
         check = VerifyOptions(tolerance=tolerance)
-        if not device.is_local:
-            check.session = device.connect()
-            check.device = device.description + (" (emulated)" if device.emulated else "")
-    elif rpc_tracker or rpc_host or emulate:
+        if not chosen.is_local:
+            check.session = chosen.connect()
+            check.device = chosen.description + (" (emulated)" if chosen.emulated else "")
+    elif device.given:
         raise UserError("--rpc-*/--emulate only say where --verify runs; drop them with "
                         "--no-verify")
     start = time.perf_counter()

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import options
+from .options import DeviceFlags
+from .report import show_report
 
 
 def front_table(report: Any) -> Table:
@@ -33,6 +35,7 @@ def front_table(report: Any) -> Table:
     return table
 
 
+@options.with_device_flags
 def explore_command(
     target: str = options.TARGET,
     max_params: float = typer.Option(..., "--max-params", min=1,
@@ -53,46 +56,32 @@ def explore_command(
     latency_tolerance: float = typer.Option(
         0.1, "--latency-tolerance", min=0,
         help="Relative latency band treated as equal on the front (measurement noise)."),
-    rounds: int = typer.Option(5, "--rounds", min=1,
-                               help="Interleaved timing rounds over the measured designs."),
-    runs_per_round: int = typer.Option(2, "--runs-per-round", min=1,
-                                       help="Timed runs of each design per round."),
-    json_path: str | None = typer.Option(None, "--json",
-                                         help="Report JSON (default <out>/front.json)."),
-    plot_path: str | None = typer.Option(None, "--plot",
-                                         help="Front plot PNG (default <out>/front.png)."),
+    rounds: int = options.rounds(5, each="timed design"),
+    runs_per_round: int = options.runs_per_round(2, each="design"),
+    json_path: str | None = options.json_report("Report JSON (default <out>/front.json)."),
+    plot_path: str | None = options.plot("Front plot PNG (default <out>/front.png)."),
     out: str = typer.Option("explored", "--out",
                             help="Where front members' configs (and bundles) are saved."),
     log_dir: str | None = options.LOG_DIR,
-    rpc_tracker: str | None = options.RPC_TRACKER,
-    rpc_key: str | None = options.RPC_KEY,
-    rpc_host: str | None = options.RPC_HOST,
-    emulate: bool = options.EMULATE,
+    device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Search AttendNeXt's design space under limits; save the Pareto front by name."""
-    from tvmc_attend.bench.report import write_json
-    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.explore.search import ExploreOptions, explore, plot
     from tvmc_attend.models.saved import ENV_DIRS, search_dirs
     from tvmc_attend.targets import get_board
 
     board = get_board(target)
-    device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
     opts = ExploreOptions(max_params=int(max_params), max_latency_ms=max_latency, budget=budget,
                           screen=screen, seed=seed, input_size=input_size, trials=trials,
                           latency_tolerance=latency_tolerance, rounds=rounds,
                           runs_per_round=runs_per_round, out_dir=out, log_dir=log_dir)
-    report = explore(opts, board, device=device, progress=lambda m: typer.echo(m, err=True))
-    console = Console(width=None if Console().is_terminal else 160)
-    console.print(front_table(report))
-    for note in report.notes:
-        console.print(f"note: {note}")
-    json_path = json_path or os.path.join(out, "front.json")
-    plot_path = plot_path or os.path.join(out, "front.png")
-    write_json(report, json_path)
-    plot(report, plot_path)
-    console.print(f"JSON: {json_path}\nplot: {plot_path}")
+    report = explore(opts, board, device=device.choose(board),
+                     progress=lambda m: typer.echo(m, err=True))
+    show_report(report, [front_table(report)], report.notes, width=160,
+                json_path=json_path or os.path.join(out, "front.json"),
+                plot_path=plot_path or os.path.join(out, "front.png"), plot=plot)
     if report.front:
+        console = Console(width=None if Console().is_terminal else 160)
         found = os.path.abspath(out) in map(os.path.abspath, search_dirs())
         hint = "" if found else f" (with {ENV_DIRS}={out})"
         console.print(f"configs: {out}/explore-*.json; compile one{hint} with `tvmc-attend "

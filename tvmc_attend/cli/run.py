@@ -10,11 +10,13 @@ import typer
 from tvmc_attend.errors import UserError
 
 from . import options
+from .options import DeviceFlags
 
 if TYPE_CHECKING:
     from tvmc_attend.compile.bundle import BundleMetadata
 
 
+@options.with_device_flags
 def run_command(
     bundle: str = typer.Argument(..., help="Bundle directory written by `tvmc-attend compile`."),
     input_path: str | None = typer.Option(None, "--input", "-i",
@@ -22,10 +24,7 @@ def run_command(
     output_path: str | None = typer.Option(None, "--output", help="Save the raw output (.npy)."),
     repeat: int = typer.Option(10, "--repeat", min=1, help="Timed runs for the latency."),
     threads: int | None = typer.Option(None, "--threads", help="Runtime threads."),
-    rpc_tracker: str | None = options.RPC_TRACKER,
-    rpc_key: str | None = options.RPC_KEY,
-    rpc_host: str | None = options.RPC_HOST,
-    emulate: bool = options.EMULATE,
+    device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Run a bundle locally or on an RPC device; print top-5 and the median latency."""
     from tvmc_attend import attend_runtime
@@ -35,7 +34,7 @@ def run_command(
     meta = Bundle.open(bundle).metadata
     # Read the input before connecting, uploading and loading: a bad file fails at once.
     x = load_input(input_path, meta.input.shape, meta.input.dtype)
-    session, where, emulated = _remote_session(meta, rpc_tracker, rpc_key, rpc_host, emulate)
+    session, where, emulated = _remote_session(meta, device)
     try:
         model = attend_runtime.load(bundle, remote=session, threads=threads)
         y = model(x)
@@ -60,13 +59,11 @@ def run_command(
         typer.echo(f"output saved to {output_path}")
 
 
-def _remote_session(meta: BundleMetadata, rpc_tracker: str | None, rpc_key: str | None,
-                    rpc_host: str | None, emulate: bool) -> tuple[Any, str, bool]:
-    """(session or None, where it runs, emulated?) for the RPC flags."""
-    from tvmc_attend.device.choice import choose_device
+def _remote_session(meta: BundleMetadata, flags: DeviceFlags) -> tuple[Any, str, bool]:
+    """(session or None, where it runs, emulated?) for the device flags."""
     from tvmc_attend.targets import get_board
 
-    device = choose_device(get_board(meta.target.name), rpc_tracker, rpc_key, rpc_host, emulate)
+    device = flags.choose(get_board(meta.target.name))
     if device.is_local:
         return None, "local", False
     where = f"{'emulated board, ' if device.emulated else ''}{device.description}"

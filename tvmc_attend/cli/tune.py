@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import options
+from .options import DeviceFlags
 
 if TYPE_CHECKING:
     from tvmc_attend.compile.tuning.tune import ProgressHook, TuneResult
@@ -44,6 +45,7 @@ def summary_line(result: TuneResult) -> str:
             f"{_fmt_ms(result.estimated_ms)} ms | {result.seconds:.0f} s on {result.device}")
 
 
+@options.with_device_flags
 def tune_command(
     model: str = options.MODEL,
     target: str = options.TARGET,
@@ -58,29 +60,23 @@ def tune_command(
     input_shape: str | None = options.INPUT_SHAPE,
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
-    rpc_tracker: str | None = options.RPC_TRACKER,
-    rpc_key: str | None = options.RPC_KEY,
-    rpc_host: str | None = options.RPC_HOST,
-    emulate: bool = options.EMULATE,
     fuse_dcac: bool = options.FUSE_DCAC,
     no_wait: bool = typer.Option(
         False, "--no-wait",
         help="Exit at once if another tune is using the database (default: wait for it)."),
+    device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
-    from tvmc_attend.device.choice import choose_device
     from tvmc_attend.targets import get_board
 
     # Check the flags before importing TVM and torch (seconds).
     board = get_board(target)
-    device = choose_device(board, rpc_tracker, rpc_key, rpc_host, emulate)
-    device.require_for(board, "tuning")
+    chosen = device.choose(board)
+    chosen.require_for(board, "tuning")
 
-    from tvmc_attend.compile.frontend import ModelSource, parse_shape
     from tvmc_attend.compile.tuning.database import TuningDatabase
 
-    source = ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
-                         input_shape=parse_shape(input_shape) if input_shape else None)
+    source = options.model_source(model, input_size, input_shape, checkpoint, seed)
     # One tune per database: lock it before importing TVM and torch (seconds), so that
     # --no-wait answers at once; tune_model takes the same lock again.
     with TuningDatabase.for_model(log_dir, board, source.name).lock(wait=not no_wait):
@@ -90,7 +86,7 @@ def tune_command(
                                    trials_per_round=trials_per_round, seed=seed,
                                    log_dir=log_dir, wait=not no_wait)
         result = _with_progress(lambda on_progress: tune_model(
-            source, board, tune_options, device=device, on_progress=on_progress,
+            source, board, tune_options, device=chosen, on_progress=on_progress,
             fuse_dcac=fuse_dcac))
     console = Console()
     console.print(task_table(result, f"{result.model} on {result.board}"))
