@@ -6,15 +6,14 @@ its ``schedule_rule`` attribute; tuning calls it before MetaSchedule generates d
 ``apply_default_schedules`` gives the build the untuned schedule.
 """
 
-from .dcac import VARIANTS, FixedKnobs, SampledKnobs, schedule_dcac
+from .dcac import TAIL_PLACEMENTS, FixedKnobs, SampledKnobs, schedule_dcac
 from .dcac_isa import ISAS, DCACIsa, isa_for_target
 from .default import apply_default_schedules, default_schedule
 from .registry import register_rules, rule_name
-from .seed import seed_default_records
 
 __all__ = [
     "ISAS",
-    "VARIANTS",
+    "TAIL_PLACEMENTS",
     "DCACIsa",
     "FixedKnobs",
     "SampledKnobs",
@@ -24,5 +23,4 @@ __all__ = [
     "register_rules",
     "rule_name",
     "schedule_dcac",
-    "seed_default_records",
 ]

@@ -35,10 +35,10 @@ from tvmc_attend.relay_ops.dcac_op import OUTPUT_BLOCK
 
 from .dcac_isa import DCACIsa
 
-# Structural variants: where the condensed tail is computed.
+# The structural choice of the sketch: where the condensed tail is computed.
 TAIL_AT_ROOT = "root"
 TAIL_AT_GATE = "gate"
-VARIANTS = (TAIL_AT_ROOT, TAIL_AT_GATE)
+TAIL_PLACEMENTS = (TAIL_AT_ROOT, TAIL_AT_GATE)
 DEFAULT_TAIL = TAIL_AT_ROOT  # measured as fast or faster at every AttendNeXt stage
 UNROLL_STEPS = (0, 16, 64)
 MAX_ROW_TILE = 2  # rows per register tile
@@ -263,10 +263,10 @@ ScheduleFn = Callable[[Any, Any], list[Any]]
 
 
 def custom_rule(isa: DCACIsa) -> ScheduleFn:
-    """MetaSchedule custom rule for ``isa``: one sampled design space per structural variant,
+    """MetaSchedule custom rule for ``isa``: one sampled design space per tail placement,
     plus the untuned default as a fixed space, so the search measures the default early and a
     tuned build is never slower than the untuned one (as far as the measurements tell)."""
-    spaces = [(tail, SampledKnobs()) for tail in VARIANTS] + [(DEFAULT_TAIL, FixedKnobs())]
+    spaces = [(tail, SampledKnobs()) for tail in TAIL_PLACEMENTS] + [(DEFAULT_TAIL, FixedKnobs())]
 
     def apply(sch: Any, _block: Any) -> list[Any]:
         result = []
