@@ -311,7 +311,7 @@ def test_tune_board_without_device(tmp_path) -> None:
 
 
 def test_tune_unreachable_tracker_is_fast(tmp_path) -> None:
-    from tvmc_attend.device.rpc import free_port
+    from tvmc_attend.device.endpoints import free_port
 
     port = free_port()
     result = run_cli("tune", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "rpi4",

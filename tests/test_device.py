@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tvmc_attend.device import RemoteSpec, connect, emulator, tracker
-from tvmc_attend.device.rpc import free_port, port_free
+from tvmc_attend.device.endpoints import free_port, port_free
 from tvmc_attend.errors import UserError
 
 CLI = [sys.executable, "-m", "tvmc_attend.cli.main"]

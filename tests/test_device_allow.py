@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tvmc_attend.device import RemoteSpec, connect, emulator, tracker
-from tvmc_attend.device.rpc import free_port, port_free, stop_process_group
+from tvmc_attend.device.endpoints import free_port, port_free, stop_process_group
 from tvmc_attend.device.server import (
     AllowListSocket,
     is_loopback,

@@ -33,7 +33,7 @@ from helpers import (
 )
 
 from tvmc_attend.device import tracker as tracker_client
-from tvmc_attend.device.rpc import free_port, parse_address, stop_process_group
+from tvmc_attend.device.endpoints import free_port, parse_address, stop_process_group
 
 MODEL, SIZE = "dcac", 16
 

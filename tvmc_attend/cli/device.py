@@ -111,7 +111,7 @@ def serve_command(
              "implied). Default: anyone who can reach the bound address.")] = None,
 ) -> None:
     """Run TVM's RPC server on this board in the foreground (Ctrl-C stops it)."""
-    from tvmc_attend.device.rpc import parse_address, port_free
+    from tvmc_attend.device.endpoints import parse_address, port_free
     from tvmc_attend.device.server import (
         SECURITY_WARNING,
         exposed_warning,

@@ -175,7 +175,7 @@ def _check_key(spec: RemoteSpec, board: Board) -> str:
 
 
 def _check_server(spec: RemoteSpec) -> str:
-    from tvmc_attend.device.rpc import port_open
+    from tvmc_attend.device.endpoints import port_open
 
     if not port_open(spec.host, spec.port, timeout_s=5):
         raise CheckFailed(f"nothing answers at {spec.address}",

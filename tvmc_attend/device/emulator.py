@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tvmc_attend.device import rootfs
-from tvmc_attend.device.rpc import (
+from tvmc_attend.device.endpoints import (
     format_address,
     free_port,
     parse_address,

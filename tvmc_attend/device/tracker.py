@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tvmc_attend.device.rpc import (
+from tvmc_attend.device.endpoints import (
     format_address,
     free_port,
     port_free,
