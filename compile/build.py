@@ -10,6 +10,8 @@ from typing import Any
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
+from .prepare import legalize_and_fuse
+
 
 def build_executable(mod: Any, board: Board, database: Any = None) -> Any:
     """Compile ``mod`` for ``board``. Without a database the CPU build is only legalised and
@@ -29,7 +31,7 @@ def schedule_module(mod: Any, board: Board, database: Any = None) -> Any:
     from tvmc_attend.schedules import apply_default_schedules
 
     target = board.tvm_target()
-    mod = fuse_for_tuning(apply_default_schedules(mod, target, database), board)
+    mod = legalize_and_fuse(apply_default_schedules(mod, target, database), board)
     if database is None:
         return mod
     with target, database, tvm.transform.PassContext(opt_level=3):
@@ -49,26 +51,6 @@ def build_scheduled(mod: Any, target: Any) -> Any:
                                       *cpu.finalize_passes(target)])
     with target, tvm.transform.PassContext(opt_level=3):
         return relax.build(mod, target=target, relax_pipeline=lower)
-
-
-def fuse_for_tuning(mod: Any, board: Board) -> Any:
-    """Legalise and fuse ``mod`` the way ``compile_relax`` does before it applies a database,
-    so that extracted tuning tasks and the build's lookups share workload keys."""
-    import tvm
-    from tvm import relax
-    from tvm.relax import pipeline
-
-    target = board.tvm_target()
-    with target:
-        seq = tvm.transform.Sequential([
-            *pipeline.library_dispatch_passes(target),
-            relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-        ])
-        return seq(mod)
 
 
 def require_cross_compiler(board: Board) -> None:

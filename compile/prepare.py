@@ -3,7 +3,8 @@
 ``preparation_passes`` composes the ``relay_ops`` passes in a ``tvm.transform.Sequential``:
 PyTorch's nearest resize (torch imports only; the ONNX frontend reads the right mode from the
 file), BatchNorm folded into the convolutions, then, unless asked not to, every DC-AC block
-replaced by the fused operator (which expects the folded conv + bias form).
+replaced by the fused operator (which expects the folded conv + bias form). Tuning and the build
+then both start from ``legalize_and_fuse``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import tvm
 
 from tvmc_attend.relay_ops import FixTorchNearestResize, FoldBatchNorm, FuseDCAC
+from tvmc_attend.targets import Board
 
 from .frontend import ImportedModel, ModelSource, import_model
 
@@ -69,3 +71,23 @@ def _fused(fuse: FuseDCAC | None) -> int:
     for reason in fuse.unmatched:
         _LOG.warning("DC-AC not fused: %s", reason)
     return fuse.fused
+
+
+def legalize_and_fuse(mod: Any, board: Board) -> Any:
+    """``mod`` legalised and fused the way ``compile_relax`` does before it applies a database:
+    the one form tuning extracts its tasks from and the build looks them up in, so that both
+    share workload keys."""
+    from tvm import relax
+    from tvm.relax import pipeline
+
+    target = board.tvm_target()
+    with target:
+        seq = tvm.transform.Sequential([
+            *pipeline.library_dispatch_passes(target),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ])
+        return seq(mod)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from helpers import RTOL, assert_depends_on_input, inputs, rel_err, torch_reference
 from torch import nn
 
-from tvmc_attend.compile.build import build_executable, fuse_for_tuning
+from tvmc_attend.compile.build import build_executable
 from tvmc_attend.compile.frontend import ModelSource
-from tvmc_attend.compile.prepare import preparation_passes, prepare_model
+from tvmc_attend.compile.prepare import legalize_and_fuse, preparation_passes, prepare_model
 from tvmc_attend.models import DCAC, DCACConfig, init_weights
 from tvmc_attend.relay_ops import FuseDCAC
 from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR, SCHEDULE_RULE
@@ -241,7 +241,7 @@ def test_task_extraction_yields_the_fused_operator() -> None:
     from tvm.s_tir import meta_schedule as ms
 
     mod = fuse_dcac(relax_of(dcac_module(16, 14), (1, 16, 14, 14)))[0]
-    tasks = ms.relax_integration.extract_tasks(fuse_for_tuning(mod, HOST), HOST.tvm_target())
+    tasks = ms.relax_integration.extract_tasks(legalize_and_fuse(mod, HOST), HOST.tvm_target())
     assert [t.task_name for t in tasks] == [dcac_funcs(mod)[0].attrs[FUNC_ATTR]]
 
 
@@ -312,7 +312,7 @@ def test_tuned_records_reach_the_build(tmp_path) -> None:
     assert SCHEDULED_ATTR not in dcac_funcs(
         apply_default_schedules(prepared.mod, target, database))[0].attrs
     with target, database, tvm.transform.PassContext(opt_level=3):
-        applied = relax.transform.MetaScheduleApplyDatabase()(fuse_for_tuning(prepared.mod, HOST))
+        applied = relax.transform.MetaScheduleApplyDatabase()(legalize_and_fuse(prepared.mod, HOST))
     assert dcac_funcs(applied)[0].attrs[SCHEDULED_ATTR]  # the record was applied
     executable = build_executable(prepared.mod, HOST, database)
     vm = relax.VirtualMachine(executable, tvm.cpu())

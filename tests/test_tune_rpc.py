@@ -155,9 +155,8 @@ def test_lost_device_stops_the_run_and_keeps_the_records(rpc_server, tmp_path) -
 def assert_failures_do_not_count(database: Path) -> None:
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmc_attend.compile.build import fuse_for_tuning
     from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.prepare import prepare_model
+    from tvmc_attend.compile.prepare import legalize_and_fuse, prepare_model
     from tvmc_attend.compile.tuning.database import TuningDatabase, count_records
     from tvmc_attend.targets import get_board
 
@@ -167,7 +166,7 @@ def assert_failures_do_not_count(database: Path) -> None:
     assert failed >= 1, "the lost batch left no failed records: the test proves nothing"
     board = get_board("host")
     prepared = prepare_model(ModelSource(MODEL, input_size=SIZE))
-    tasks = ms.relax_integration.extract_tasks(fuse_for_tuning(prepared.mod, board),
+    tasks = ms.relax_integration.extract_tasks(legalize_and_fuse(prepared.mod, board),
                                                board.tvm_target())
     counts = count_records(TuningDatabase(str(database)).open(board, MODEL),
                            [task.dispatched[0] for task in tasks])

@@ -24,9 +24,8 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.schedules import register_rules
 from tvmc_attend.targets import Board
 
-from ..build import fuse_for_tuning
 from ..frontend import ModelSource
-from ..prepare import PreparedModel, prepare_model
+from ..prepare import PreparedModel, legalize_and_fuse, prepare_model
 from .database import TuningDatabase, count_records
 from .intrinsics import load_tensor_intrinsics
 from .measure import MeasureEnvironment, make_measure_environment
@@ -156,7 +155,7 @@ def extract_tasks(prepared: PreparedModel, board: Board) -> list[Any]:
     """MetaSchedule's tuning tasks of a prepared model (one per distinct fused kernel)."""
     from tvm.s_tir import meta_schedule as ms
 
-    return list(ms.relax_integration.extract_tasks(fuse_for_tuning(prepared.mod, board),
+    return list(ms.relax_integration.extract_tasks(legalize_and_fuse(prepared.mod, board),
                                                    board.tvm_target()))
 
 
