@@ -1,8 +1,8 @@
 """AttendNeXt (Wong et al. 2022, arXiv 2208.06980) and its double-condensing attention condenser.
 
-The paper's layer table is not public: every number here is a reconstruction (see
-/work/shared/attendnext-spec.md) and lives in a config dataclass, so that a user holding the real
-spec can build ``AttendNeXt(AttendNeXtConfig(...))`` without editing code.
+The paper's layer table is not public: every number here is a reconstruction (summarised, with
+what we changed and why, in docs/model.md) and lives in a config dataclass, so that a user holding
+the real table can build ``AttendNeXt(AttendNeXtConfig(...))`` without editing code.
 
 Everything is written for ``torch.export`` and TVM's Relax torch frontend: plain conv2d /
 batch_norm / silu / sigmoid / pools with explicit strides / nearest interpolate to an explicit
@@ -82,12 +82,13 @@ def _default_stages() -> tuple[StageConfig, ...]:
 class AttendNeXtConfig:
     """AttendNeXt macro architecture (1000 classes, 224x224 -> 7x7 at stage 4).
 
-    Changed from the spec's reconstruction to land at 3.8-3.9 M parameters and 0.5-0.65 GMACs:
+    Changed from the first reconstruction to land at 3.8-3.9 M parameters and 0.5-0.65 GMACs:
     stage depths are (4, 4, 7, 2) instead of (2, 3, 10, 2). With (2, 3, 10, 2) the model has
     ~4.2 M parameters (too many, the 14x14 bottlenecks are parameter-heavy) and moving three of
     those blocks to the cheap high-resolution stages 1-2 restores the MAC budget. The AADS
-    transition (not sized in the spec) is the cheapest form that has both paths: a four-column 3x3
-    conv (main) plus a 1x1 conv (shortcut, cross-connecting the columns), summed, then SiLU.
+    transition (not sized by the reconstruction) is the cheapest form that has both paths: a
+    four-column 3x3 conv (main) plus a 1x1 conv (shortcut, cross-connecting the columns), summed,
+    then SiLU.
     """
 
     in_chans: int = 3
