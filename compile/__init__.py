@@ -1,1 +1,2 @@
-"""The pipeline driver: frontends, build, export and bundle (tuning and benchmarks join here)."""
+"""The compiler: import (``frontend``), graph preparation (``prepare``), tuning (``tuning/``),
+build, verification and bundle (``pipeline`` drives them: ``compile_bundle``)."""

@@ -1,9 +1,9 @@
 """tvmc-attend: compile, autotune and ship attention-condenser backbones with Apache TVM.
 
-Pipeline (each stage a sub-package; imports flow one way):
-models -> compile.frontend (Relax) -> relay_ops (graph rewrites) -> compile.tune
-(MetaSchedule, schedules/, device/ for RPC) -> compile.build -> compile.bundle
-(.so + metadata + attend_runtime.py).
+Pipeline (each stage a folder; imports flow one way): models -> compile.frontend (Relax) ->
+compile.prepare (relay_ops passes) -> compile.tuning (MetaSchedule, schedules/, device/ for RPC)
+-> compile.build -> compile.bundle (.so + metadata + attend_runtime.py); bench and explore build
+on the compiler, cli on everything.
 """
 
 __version__ = "0.1.0"
