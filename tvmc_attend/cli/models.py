@@ -12,7 +12,7 @@ from rich.table import Table
 def models_command(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """List zoo models (AttendNeXt variants, the DC-AC block, timm peers) with params and MACs."""
+    """List the zoo (AttendNeXt at two widths, the DC-AC block, timm peers): params and MACs."""
     from tvmc_attend.models import create_model, list_models, model_stats
 
     rows = []
