@@ -333,5 +333,5 @@ def _group_by_remaining(states: list[TaskState],
     return sorted(groups.items(), key=lambda kv: -kv[0])
 
 
-__all__ = ["TaskState", "TuneOptions", "TuneResult", "MeasureEnvironment", "tune_model",
-           "tune_prepared"]
+__all__ = ["TaskState", "TuneOptions", "TuneResult", "TuningPlan", "at_most_every",
+           "extract_tasks", "plan_budgets", "tune_model", "tune_prepared"]

@@ -1,7 +1,10 @@
-"""Boards the pipeline measures on: RPC sessions, the tracker, and emulated boards.
+"""Where the pipeline runs and measures: this host or a board, over TVM RPC.
 
-``RemoteSpec``/``connect`` are what tuning, run and benchmark use; the rest backs the
-``device``, ``tracker`` and ``doctor`` commands. Nothing here imports TVM at import time.
+``choice`` turns the --rpc-*/--emulate flags into a ``DeviceChoice`` (what tuning, run,
+benchmark, compare and explore take); ``rpc`` opens sessions (``RemoteSpec``, ``connect``);
+``tracker``, ``server``, ``emulator`` and ``rootfs`` back the ``tracker`` and ``device``
+commands, ``doctor`` the checks of ``doctor``; ``endpoints`` holds the port and process helpers
+they share. Nothing here imports TVM at import time.
 """
 
 from tvmc_attend.device.rpc import RemoteSpec, connect
