@@ -14,28 +14,28 @@ from .prepare import legalize_and_fuse
 
 
 def build_executable(mod: Any, board: Board, database: Any = None) -> Any:
-    """Compile ``mod`` for ``board``. Without a database the CPU build is only legalised and
-    fused (loops unscheduled); with one, every tuned task gets its best measured schedule.
-    Fused DC-AC operators without a record get their default schedule either way."""
+    """Compile ``mod`` for ``board``: every task with a record in ``database`` gets its best
+    measured schedule, our operators without one their default schedule, and the rest of
+    TVM's kernels stay unscheduled loops (what an untuned CPU build is)."""
     return build_scheduled(schedule_module(mod, board, database), board.tvm_target())
 
 
 def schedule_module(mod: Any, board: Board, database: Any = None) -> Any:
-    """``mod`` legalised, fused and scheduled for ``board`` (records of ``database``, and the
-    DC-AC default schedule where no record applies), not yet lowered: the one graph and set
-    of schedules that ``build_scheduled`` turns into code for the board, or for this host
-    when a board's build is verified here (its "host twin")."""
+    """``mod`` legalised, fused and scheduled for ``board`` (records of ``database``, then
+    our operators' default schedules where no record applied), not yet lowered: the one graph
+    and set of schedules that ``build_scheduled`` turns into code for the board, or for this
+    host when a board's build is verified here (its "host twin")."""
     import tvm
     from tvm import relax
 
     from tvmc_attend.schedules import apply_default_schedules
 
     target = board.tvm_target()
-    mod = legalize_and_fuse(apply_default_schedules(mod, target, database), board)
-    if database is None:
-        return mod
-    with target, database, tvm.transform.PassContext(opt_level=3):
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    mod = legalize_and_fuse(mod, board)
+    if database is not None:
+        with target, database, tvm.transform.PassContext(opt_level=3):
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    return apply_default_schedules(mod, target)
 
 
 def build_scheduled(mod: Any, target: Any) -> Any:

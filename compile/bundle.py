@@ -83,6 +83,9 @@ class BundleMetadata:
     verified: Verification | None  # what `compile` checked (None: --no-verify, or nothing to)
     library_file: str
     library_sha256: str
+    # the layout convolutions compute in and what the conversion took (compile.prepare's
+    # LayoutReport); None in bundles written before it was recorded
+    layout: dict[str, Any] | None = None
     created: str = field(default_factory=utc_timestamp)
     compiled_on: str = field(default_factory=platform.node)
 
@@ -105,6 +108,7 @@ class BundleMetadata:
             "tuning": {"database": self.tuning.database, "records": self.tuning.records,
                        "emulated": self.tuning.emulated, **self.tuning.extra},
             "fused_dcac": self.fused_dcac,
+            "layout": self.layout,
             "verified": self.verified.as_dict() if self.verified is not None else None,
             "library": {"file": self.library_file, "sha256": self.library_sha256},
             "created": self.created,
@@ -128,7 +132,7 @@ class BundleMetadata:
             tuning=TuningInfo(tuned=data["tuned"], database=tuning.pop("database"),
                               records=tuning.pop("records"), emulated=tuning.pop("emulated"),
                               extra=tuning),
-            fused_dcac=data.get("fused_dcac", 0),
+            fused_dcac=data.get("fused_dcac", 0), layout=data.get("layout"),
             verified=Verification(**verified) if verified is not None else None,
             library_file=data["library"]["file"], library_sha256=data["library"]["sha256"],
             created=data["created"], compiled_on=data["compiled_on"])
@@ -160,7 +164,8 @@ class Bundle:
 
 
 def _metadata(imported: ImportedModel, board: Board, library: str, sha256: str,
-              tuning: TuningInfo, fused_dcac: int) -> BundleMetadata:
+              tuning: TuningInfo, fused_dcac: int,
+              layout: dict[str, Any] | None) -> BundleMetadata:
     import tvm
 
     return BundleMetadata(
@@ -170,7 +175,7 @@ def _metadata(imported: ImportedModel, board: Board, library: str, sha256: str,
         output=TensorSpec(shape=imported.output_shape, dtype=imported.output_dtype),
         target=TargetInfo.of(board), threads=board.threads, tvm_version=tvm.__version__,
         tuning=tuning, fused_dcac=fused_dcac, verified=None, library_file=library,
-        library_sha256=sha256)
+        library_sha256=sha256, layout=layout)
 
 
 def check_output_dir(out_dir: str) -> None:
@@ -189,6 +194,7 @@ BundleCheck = Callable[[str], Verification | None]
 
 def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable: Any,
                  tuning: TuningInfo | None = None, fused_dcac: int = 0,
+                 layout: dict[str, Any] | None = None,
                  check: BundleCheck | None = None) -> Bundle:
     """Export ``executable`` into the bundle directory ``out_dir``.
 
@@ -207,7 +213,7 @@ def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable
         export_library(executable, board, lib_path)
         sha256 = attend_runtime.sha256_of(lib_path)
         shutil.copyfile(LOADER_SOURCE, os.path.join(staging, "attend_runtime.py"))
-        meta = _metadata(imported, board, library, sha256, tuning, fused_dcac)
+        meta = _metadata(imported, board, library, sha256, tuning, fused_dcac, layout)
         meta.write(staging)
         if check is not None:
             meta = dataclasses.replace(meta, verified=check(staging))

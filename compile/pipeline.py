@@ -12,31 +12,33 @@ from tvmc_attend.targets import Board
 from .build import build_scheduled, require_cross_compiler, schedule_module
 from .bundle import Bundle, TuningInfo, check_output_dir, write_bundle
 from .frontend import ModelSource
-from .prepare import PreparedModel, prepare_model
+from .prepare import DEFAULT_LAYOUT, PreparedModel, lowering_of, prepare_model
 from .tuning.database import TuningDatabase
 from .verify import Verification, VerifyOptions, verify
 
 
-def named_database(database_dir: str, board: Board) -> TuningDatabase:
-    """A database asked for by name (--database): it must exist and match the target, since
-    refusing is the only safe answer for it."""
+def named_database(database_dir: str, board: Board, lowering: str | None) -> TuningDatabase:
+    """A database asked for by name (--database): it must exist and match the target and
+    the lowering, since refusing is the only safe answer for it."""
     named = TuningDatabase(database_dir)
     if not named.exists():
         raise UserError(f"no tuning database at {database_dir}; tune first or drop --database")
-    named.check_target(board)
+    named.check_target(board, lowering)
     return named
 
 
 def open_database(board: Board, model_name: str, log_dir: str | None,
-                  database_dir: str | None) -> tuple[Any, TuningInfo, list[str]]:
+                  database_dir: str | None, lowering: str,
+                  ) -> tuple[Any, TuningInfo, list[str]]:
     """The tuning database to build with, how it is recorded, and warnings for the user.
 
-    An explicit ``database_dir`` must exist and match the target; the default one
-    (``<log_dir>/<target>/<model>``) is used when present, else the build is untuned.
+    An explicit ``database_dir`` must exist and match the target and ``lowering``; the
+    default one (``<log_dir>/<target>/<model>``) is used when present and matching, else the
+    build is untuned.
     """
     warnings: list[str] = []
     if database_dir:
-        db_dir = named_database(database_dir, board)
+        db_dir = named_database(database_dir, board, lowering)
     else:
         db_dir = TuningDatabase.for_model(log_dir, board, model_name)
     if not db_dir.exists():
@@ -44,40 +46,43 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
                         f"`tvmc-attend tune --model {model_name} --target {board.name}`)")
         return None, TuningInfo(), warnings
     try:
-        info = db_dir.check_target(board)
+        info = db_dir.check_target(board, lowering)
     except UserError as err:
         # The default database was tuned on another machine (e.g. a committed host database
-        # and a different CPU): its schedules may not even run here, so build untuned.
+        # and a different CPU), or for tasks lowered otherwise: build untuned.
         warnings.append(f"{err}; building untuned")
         return None, TuningInfo(), warnings
-    database = db_dir.open(board, model_name)
+    database = db_dir.open(board, model_name, lowering=lowering)
     records = len(database)
     if info.emulated:
         warnings.append(f"{db_dir.path} was tuned on an emulated board: its schedules were "
                         "chosen by emulated timings; retune on a real "
                         f"{board.name} for deployment")
     tuning = TuningInfo(tuned=records > 0, database=db_dir.path, records=records,
-                        emulated=info.emulated, extra={"devices": info.devices})
+                        emulated=info.emulated,
+                        extra={"devices": info.devices, "lowering": info.lowering})
     return database, tuning, warnings
 
 
 def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: bool = False,
                    log_dir: str | None = None, database_dir: str | None = None,
-                   fuse_dcac: bool = True, verify: VerifyOptions | None = None,
+                   fuse_dcac: bool = True, layout: str = DEFAULT_LAYOUT,
+                   verify: VerifyOptions | None = None,
                    warn: Callable[[str], None] = print) -> Bundle:
     """Compile ``source`` for ``board`` into the bundle ``out_dir``.
 
     The (target, model) tuning database is applied unless ``untuned`` (``warn`` gets why a
     database was skipped or is suspect); DC-AC blocks are fused unless ``fuse_dcac`` is False;
-    the bundle is checked against the model's framework unless ``verify`` is None.
+    convolutions compute in ``layout``; the bundle is checked against the model's framework
+    unless ``verify`` is None.
     """
     require_cross_compiler(board)  # fail before minutes of import and build
     check_output_dir(os.path.abspath(out_dir))
     if not untuned and database_dir:  # refuse a wrong --database before the import, too
-        named_database(database_dir, board)
-    return compile_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, out_dir,
-                            untuned=untuned, log_dir=log_dir, database_dir=database_dir,
-                            verify=verify, warn=warn)
+        named_database(database_dir, board, lowering_of(layout))
+    prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=layout, board=board)
+    return compile_prepared(prepared, board, out_dir, untuned=untuned, log_dir=log_dir,
+                            database_dir=database_dir, verify=verify, warn=warn)
 
 
 def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
@@ -89,7 +94,7 @@ def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
     database, tuning = None, TuningInfo()
     if not untuned:
         database, tuning, warnings = open_database(board, prepared.imported.name, log_dir,
-                                                   database_dir)
+                                                   database_dir, prepared.lowering)
         for message in warnings:
             warn(message)
     scheduled = schedule_module(prepared.mod, board, database)
@@ -97,7 +102,8 @@ def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
     check = None if verify is None else _bundle_check(prepared, board, scheduled, tuning,
                                                       verify)
     return write_bundle(out_dir, prepared.imported, board, executable, tuning=tuning,
-                        fused_dcac=prepared.fused_dcac, check=check)
+                        fused_dcac=prepared.fused_dcac, layout=prepared.layout.as_dict(),
+                        check=check)
 
 
 def _bundle_check(prepared: PreparedModel, board: Board, scheduled: Any, tuning: TuningInfo,

@@ -3,25 +3,74 @@
 ``preparation_passes`` composes the ``relay_ops`` passes in a ``tvm.transform.Sequential``:
 PyTorch's nearest resize (torch imports only; the ONNX frontend reads the right mode from the
 file), BatchNorm folded into the convolutions, then, unless asked not to, every DC-AC block
-replaced by the fused operator (which expects the folded conv + bias form). Tuning and the build
-then both start from ``legalize_and_fuse``.
+replaced by the fused operator (which expects the folded conv + bias form), then the layout
+the convolutions compute in (``LAYOUTS``; channel-blocked by default, which depends on the
+target's vector width). Tuning and the build then both start from ``legalize_and_fuse``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import tvm
 
-from tvmc_attend.relay_ops import FixTorchNearestResize, FoldBatchNorm, FuseDCAC
-from tvmc_attend.targets import Board
+from tvmc_attend.relay_ops import (
+    FAST_MATH_LEGALIZATION,
+    BlockedLayout,
+    FixTorchNearestResize,
+    FoldBatchNorm,
+    FuseDCAC,
+)
+from tvmc_attend.relay_ops.blocked_conv import SCHEDULE_RULE as BLOCKED_CONV_RULE
+from tvmc_attend.targets import Board, vector_isa
 
 from .frontend import ImportedModel, ModelSource, import_model
 
 TORCH_SOURCES = ("zoo", ".pt2")  # imported through torch.export
 _LOG = logging.getLogger("tvmc_attend.relay_ops")
+
+
+# Bump when a change to preparation or lowering changes the tuning tasks of a model (their
+# workloads): databases tuned before then are not applied (their records would match nothing,
+# or, worse, something else). 1: fast-math sigmoid/exp, channel layouts (Dec 2026).
+LOWERING_VERSION = 1
+
+
+def _blocked(board: Board) -> tvm.transform.Pass:
+    isa = vector_isa(board.tvm_target())
+    return BlockedLayout(blocks=isa.channel_blocks, registers=isa.registers)
+
+
+def _nhwc(_board: Board) -> tvm.transform.Pass:
+    from tvm import relax
+
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})
+
+
+# The layouts convolutions can compute in: the pass that converts to each (None: as imported).
+LAYOUTS: dict[str, Callable[[Board], tvm.transform.Pass] | None] = {
+    "blocked": _blocked,  # NCHW{b}c where padding is cheap, NCHW elsewhere (relay_ops)
+    "nhwc": _nhwc,  # TVM's ConvertLayout; stock legalisation
+    "nchw": None,
+}
+DEFAULT_LAYOUT = "blocked"
+
+
+@dataclass
+class LayoutReport:
+    """What the layout step did, for the bundle's metadata and the log."""
+
+    name: str = "nchw"
+    blocked_convs: int = 0
+    transforms: int = 0  # pack/unpack (or layout_transform) ops left in the graph
+    components: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "blocked_convs": self.blocked_convs,
+                "transforms": self.transforms, "components": list(self.components)}
 
 
 @dataclass
@@ -31,6 +80,16 @@ class PreparedModel:
     imported: ImportedModel
     mod: Any  # tvm.IRModule
     fused_dcac: int = 0
+    layout: LayoutReport = field(default_factory=LayoutReport)
+
+    @property
+    def lowering(self) -> str:
+        """How its tuning tasks were made (a database records it, to be applied only alike)."""
+        return lowering_of(self.layout.name)
+
+
+def lowering_of(layout: str) -> str:
+    return f"{layout}-v{LOWERING_VERSION}"
 
 
 def preparation_passes(source: str, fuse: FuseDCAC | None = None) -> tvm.transform.Pass:
@@ -43,17 +102,56 @@ def preparation_passes(source: str, fuse: FuseDCAC | None = None) -> tvm.transfo
     return tvm.transform.Sequential(passes, name="tvmc_attend.prepare")
 
 
-def prepare(imported: ImportedModel, fuse_dcac: bool = True) -> PreparedModel:
+def prepare(imported: ImportedModel, fuse_dcac: bool = True, layout: str = "nchw",
+            board: Board | None = None) -> PreparedModel:
     """``imported`` rewritten by ``preparation_passes`` (DC-AC fusion unless ``fuse_dcac`` is
-    False); blocks the fusion could not match are left alone and logged."""
+    False), then converted to ``layout`` (one of ``LAYOUTS``) for ``board``'s vector ISA;
+    blocks the fusion could not match are left alone and logged."""
     fuse = FuseDCAC() if fuse_dcac else None
     mod = preparation_passes(imported.source, fuse)(imported.mod)
-    return PreparedModel(imported=imported, mod=mod, fused_dcac=_fused(fuse))
+    mod, report = convert_layout(mod, layout, board)
+    return PreparedModel(imported=imported, mod=mod, fused_dcac=_fused(fuse), layout=report)
 
 
-def prepare_model(source: ModelSource, fuse_dcac: bool = True) -> PreparedModel:
+def prepare_model(source: ModelSource, fuse_dcac: bool = True, layout: str = "nchw",
+                  board: Board | None = None) -> PreparedModel:
     """Import ``source`` and prepare it (see ``prepare``)."""
-    return prepare(import_model(source), fuse_dcac=fuse_dcac)
+    return prepare(import_model(source), fuse_dcac=fuse_dcac, layout=layout, board=board)
+
+
+def convert_layout(mod: Any, layout: str, board: Board | None) -> tuple[Any, LayoutReport]:
+    """``mod`` with its convolutions in ``layout``, and what that took."""
+    from tvmc_attend.errors import UserError
+
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout '{layout}'; choose one of {', '.join(LAYOUTS)}")
+    make = LAYOUTS[layout]
+    if make is None:
+        return mod, LayoutReport(layout)
+    if board is None:
+        raise ValueError(f"layout {layout} depends on the target: pass the board")
+    step = make(board)
+    converted = step(mod)
+    if isinstance(step, BlockedLayout):
+        return converted, LayoutReport(layout, step.blocked_convs, step.transforms,
+                                       step.layouts)
+    return converted, LayoutReport(layout, transforms=_layout_transforms(converted))
+
+
+def _layout_transforms(mod: Any) -> int:
+    """layout_transform / permute_dims ops on computed (not constant) tensors."""
+    from tvm import relax
+
+    count = [0]
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", None) in (
+                "relax.layout_transform", "relax.permute_dims") and \
+                not isinstance(expr.args[0], tvm.ir.expr.GenericConst):
+            count[0] += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return count[0]
 
 
 def with_dcac_fused(prepared: PreparedModel) -> PreparedModel:
@@ -76,7 +174,8 @@ def _fused(fuse: FuseDCAC | None) -> int:
 def legalize_and_fuse(mod: Any, board: Board) -> Any:
     """``mod`` legalised and fused the way ``compile_relax`` does before it applies a database:
     the one form tuning extracts its tasks from and the build looks them up in, so that both
-    share workload keys."""
+    share workload keys. Sigmoid, SiLU and exp are lowered as vectorisable arithmetic
+    (``relay_ops.fast_math``), not one libm call per lane."""
     from tvm import relax
     from tvm.relax import pipeline
 
@@ -84,10 +183,35 @@ def legalize_and_fuse(mod: Any, board: Board) -> Any:
     with target:
         seq = tvm.transform.Sequential([
             *pipeline.library_dispatch_passes(target),
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps(customize_legalize_map=FAST_MATH_LEGALIZATION),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
         ])
-        return seq(mod)
+        return _keep_generic_rules_off(seq(mod))
+
+
+def _keep_generic_rules_off(mod: Any) -> Any:
+    """In each fused function around a blocked convolution, mark every other block (and the
+    root) ``schedule_rule: None``: our rule schedules the whole function from the conv, and a
+    generic rule on the epilogue or the root would re-tile or re-parallelise its loops."""
+    from tvm.s_tir import Schedule
+
+    updated = None
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        sch = Schedule(func)
+        root = sch.get_sblock("root")
+        blocks = sch.get_child_blocks(root)
+        rules = [sch.get(b).annotations.get("schedule_rule") for b in blocks]
+        if BLOCKED_CONV_RULE not in [str(r) for r in rules if r is not None]:
+            continue
+        for block, rule in zip([root, *blocks], [None, *rules], strict=True):
+            if rule is None:
+                sch.annotate(block, "schedule_rule", "None")
+        if updated is None:
+            updated = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+        updated[gvar] = sch.mod["main"]
+    return mod if updated is None else updated

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .fast_math import fast_sigmoid, fast_silu
+
 # Block attributes read by MetaSchedule: the output block carries our rule's name; the other
 # blocks, root included, carry "None", which keeps MetaSchedule's generic rules off them (the
 # rule schedules the whole operator from the output block; a generic parallel/vectorize
@@ -231,37 +233,6 @@ def _grouped_conv(data: Any, weight: Any, conv: Conv, name: str) -> Any:
         name=name)
 
 
-# Cephes' expf: exp(x) = 2^n * exp(f), n = round(x / ln 2), |f| <= ln2 / 2, exp(f) by a
-# degree-7 polynomial. Within ~2 ulp of libm's expf, and made of plain arithmetic, so LLVM
-# vectorises it: ``te.exp`` becomes one scalar libm call per lane, which measured as half the
-# operator's time on the 56x56 block.
-_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-             1.6666665459e-1, 5.0000001201e-1)
-_EXP_LIMIT = 88.3762626647949
-
-
-def _exp(x: Any) -> Any:
-    from tvm import te, tirx
-
-    clamped = te.max(te.min(x, _EXP_LIMIT), -_EXP_LIMIT)
-    n = te.floor(clamped * 1.4426950408889634 + 0.5)
-    f = clamped - n * 0.693359375 + n * 2.12194440e-4  # ln 2 in two parts: f stays exact
-    poly = _EXP_POLY[0]
-    for coefficient in _EXP_POLY[1:]:
-        poly = poly * f + coefficient
-    exp_f = poly * f * f + f + 1.0
-    two_n = tirx.reinterpret("float32", tirx.shift_left(n.astype("int32") + 127, 23))
-    return two_n * exp_f
-
-
-def _sigmoid(x: Any) -> Any:
-    return 1.0 / (1.0 + _exp(-x))
-
-
-def _silu(x: Any) -> Any:
-    return x * _sigmoid(x)
-
-
 def _nearest(size_in: int, size_out: int) -> Any:
     """The nearest source index for an output index, exactly as TOPI's resize2d computes it
     (asymmetric coordinates, floor rounding, clipped)."""
@@ -292,11 +263,11 @@ def dcac_compute(spec: DCACSpec) -> tuple[list[Any], Any]:
     k1 = _grouped_conv(q1p, w1, spec.conv1, "k1")
     # The activations run over the computed channels (the biases are padded alike), so that
     # they stay elementwise on the conv: a schedule computes them in the conv's epilogue.
-    k1a = te.compute(k1.shape, lambda b, e, i, j: _silu(k1[b, e, i, j] + b1[e]), name="k1a")
+    k1a = te.compute(k1.shape, lambda b, e, i, j: fast_silu(k1[b, e, i, j] + b1[e]), name="k1a")
     q2p = _pool_padded(k1a, spec.pool2, spec.conv2.padding, spec.conv1.out, "q2p",
                        channels=spec.embed, channel=spec.conv1.channel)
     k2 = _grouped_conv(q2p, w2, spec.conv2, "k2")
-    k2a = te.compute(k2.shape, lambda b, e, i, j: _silu(k2[b, e, i, j] + b2[e]), name="k2a")
+    k2a = te.compute(k2.shape, lambda b, e, i, j: fast_silu(k2[b, e, i, j] + b2[e]), name="k2a")
     re = te.reduce_axis((0, spec.expand_in), name="a0_re")
     h2, w2_ = spec.condensed
     # The 1x1 expansion over the flattened condensed map (its taps make the flat map
@@ -310,7 +281,7 @@ def dcac_compute(spec: DCACSpec) -> tuple[list[Any], Any]:
         name="a0")
     # ``t`` stays flat too: a consumer indexing a0[i * W2 + j] leaves TVM to invert that
     # index when it computes ``t`` at the expansion's loop, which it does not do exactly.
-    t = te.compute(a0.shape, lambda b, c, f: 1.0 + s[c] * _sigmoid(a0[b, c, f] + b3[c]),
+    t = te.compute(a0.shape, lambda b, c, f: 1.0 + s[c] * fast_sigmoid(a0[b, c, f] + b3[c]),
                    name="t")
     near_h, near_w = _nearest(h2, spec.height), _nearest(w2_, spec.width)
     tw = te.compute((spec.batch, spec.channels, h2, spec.width),

@@ -1,18 +1,22 @@
 """Schedules and MetaSchedule search-space rules for our custom operators, per ISA.
 
-``register_rules`` registers, for every ISA in ``dcac_isa.ISAS``, the MetaSchedule custom rule
-``s_tir.meta_schedule.<target key>.dcac`` that the fused DC-AC operator's output block names in
-its ``schedule_rule`` attribute; tuning calls it before MetaSchedule generates design spaces.
-``apply_default_schedules`` gives the build the untuned schedule.
+Our operators (the fused DC-AC, the channel-blocked convolution) each have one sketch with
+sampled or fixed knobs (``knobs.py``). ``register_rules`` registers the sampled ones as the
+MetaSchedule custom rules that the operators' output blocks name in their ``schedule_rule``
+attribute (tuning calls it before MetaSchedule generates design spaces);
+``apply_default_schedules`` gives the build the fixed ones where no record applies.
 """
 
-from .dcac import TAIL_PLACEMENTS, FixedKnobs, SampledKnobs, schedule_dcac
+from .blocked_conv import schedule_blocked_conv
+from .dcac import TAIL_PLACEMENTS, schedule_dcac
 from .dcac_isa import ISAS, DCACIsa, isa_for_target
-from .default import apply_default_schedules, default_schedule
+from .default import SCHEDULED_ATTR, apply_default_schedules, default_schedule
+from .knobs import FixedKnobs, SampledKnobs
 from .registry import register_rules, rule_name
 
 __all__ = [
     "ISAS",
+    "SCHEDULED_ATTR",
     "TAIL_PLACEMENTS",
     "DCACIsa",
     "FixedKnobs",
@@ -22,5 +26,6 @@ __all__ = [
     "isa_for_target",
     "register_rules",
     "rule_name",
+    "schedule_blocked_conv",
     "schedule_dcac",
 ]

@@ -34,60 +34,14 @@ from typing import Any
 from tvmc_attend.relay_ops.dcac_op import OUTPUT_BLOCK
 
 from .dcac_isa import DCACIsa
+from .knobs import FixedKnobs, Knobs, SampledKnobs, largest_divisor
 
 # The structural choice of the sketch: where the condensed tail is computed.
 TAIL_AT_ROOT = "root"
 TAIL_AT_GATE = "gate"
 TAIL_PLACEMENTS = (TAIL_AT_ROOT, TAIL_AT_GATE)
 DEFAULT_TAIL = TAIL_AT_ROOT  # measured as fast or faster at every AttendNeXt stage
-UNROLL_STEPS = (0, 16, 64)
 MAX_ROW_TILE = 2  # rows per register tile
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _largest_divisor(n: int, limit: int, multiple_of: int = 1) -> int:
-    """The largest divisor of ``n`` not above ``limit``, preferring multiples of
-    ``multiple_of`` (whole vector registers)."""
-    fits = [d for d in _divisors(n) if d <= max(1, limit)]
-    aligned = [d for d in fits if d % multiple_of == 0]
-    return max(aligned or fits)
-
-
-class Knobs:
-    """Where the sketch's numbers come from. Subclasses: sampled (tuning) or fixed (default)."""
-
-    def tile(self, sch: Any, loop: Any, max_inner: int, default: int) -> list[Any]:
-        """Factors [outer, inner] splitting ``loop``; ``default`` is the fixed inner factor."""
-        raise NotImplementedError
-
-    def unroll(self, sch: Any, root: Any) -> None:
-        """Choose the unroll depth of the loops under ``root``."""
-        raise NotImplementedError
-
-
-class SampledKnobs(Knobs):
-    """Tile sizes and unroll depth as MetaSchedule decisions (mutated during the search)."""
-
-    def tile(self, sch: Any, loop: Any, max_inner: int, default: int) -> list[Any]:
-        return list(sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max_inner))
-
-    def unroll(self, sch: Any, root: Any) -> None:
-        probs = [1 / len(UNROLL_STEPS)] * len(UNROLL_STEPS)
-        steps = sch.sample_categorical(list(UNROLL_STEPS), probs)
-        sch.annotate(root, "meta_schedule.unroll_explicit", steps)
-
-
-class FixedKnobs(Knobs):
-    """The untuned default: the fixed factors the sketch proposes, no extra unrolling."""
-
-    def tile(self, sch: Any, loop: Any, max_inner: int, default: int) -> list[Any]:
-        return [None, default]
-
-    def unroll(self, sch: Any, root: Any) -> None:
-        pass
 
 
 @dataclass
@@ -106,7 +60,7 @@ class _Ctx:
     def vector_length(self, extent: int) -> int:
         """At most one register: LLVM splits a longer (or ragged) TVM vector into lane-by-lane
         shuffles, measured 6-13x slower than the same loop cut into register-sized pieces."""
-        return _largest_divisor(extent, self.isa.lanes)
+        return largest_divisor(extent, self.isa.lanes)
 
     def fill(self, extent: int) -> float:
         """How full the vector registers are when ``extent`` is the vector axis."""
@@ -120,7 +74,7 @@ class _Ctx:
 
     def registers(self, extent: int) -> int:
         """Default number of vector registers along an axis of ``extent`` in a tile."""
-        return _largest_divisor(extent // self.vector_length(extent), self.isa.tile_vectors)
+        return largest_divisor(extent // self.vector_length(extent), self.isa.tile_vectors)
 
     def vector_tile(self, loop: Any) -> tuple[Any, Any, Any]:
         """Split ``loop`` into (outer, registers, lanes): a number of vector registers
@@ -166,18 +120,18 @@ def _schedule_reduction(ctx: _Ctx, block: Any, group_size: int, at_root: bool) -
     if over_channels:  # vectorise over output channels (contiguous in the weight layout)
         oco, ocr, lanes = ctx.vector_tile(o)
         regs = ctx.registers(channels)
-        jo, ji = ctx.tile(j, 8, _largest_divisor(width, acc // regs))
-        per_row = regs * _largest_divisor(width, acc // regs)
+        jo, ji = ctx.tile(j, 8, largest_divisor(width, acc // regs))
+        per_row = regs * largest_divisor(width, acc // regs)
         inner = [ji, ocr, lanes]
     else:  # vectorise over columns
         jo, jr, lanes = ctx.vector_tile(j)
         regs = ctx.registers(width)
-        oco, oci = ctx.tile(o, 16, _largest_divisor(channels, acc // regs))
-        per_row = regs * _largest_divisor(channels, acc // regs)
+        oco, oci = ctx.tile(o, 16, largest_divisor(channels, acc // regs))
+        per_row = regs * largest_divisor(channels, acc // regs)
         inner = [oci, jr, lanes]
     outer = [b, *groups, oco]
     if i is not None:
-        io, ii = ctx.tile(i, MAX_ROW_TILE, _largest_divisor(ctx.extent(i), acc // per_row))
+        io, ii = ctx.tile(i, MAX_ROW_TILE, largest_divisor(ctx.extent(i), acc // per_row))
         outer.append(io)
         inner.insert(0, ii)
     sch.reorder(*outer, jo, *reductions, *inner)
@@ -220,7 +174,7 @@ def _schedule_gate(ctx: _Ctx, tail: str) -> None:
     channels = ctx.extent(c)
     xo, xr, lanes = ctx.vector_tile(x)
     # Channel tiles: enough parallel work for the cores, few enough to amortise the tail.
-    co, ci = ctx.tile(c, 64, _largest_divisor(channels, channels // 8))
+    co, ci = ctx.tile(c, 64, largest_divisor(channels, channels // 8))
     sch.reorder(b, co, ci, y, xo, xr, lanes)
     top = sch.fuse(b, co)
     sch.parallel(top)

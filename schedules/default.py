@@ -1,56 +1,77 @@
-"""The untuned DC-AC schedule, applied at build time to operators the database does not cover.
+"""Untuned schedules for our operators, applied at build time to whatever no record covers.
 
-``tvm.compile`` leaves CPU loops unscheduled, which for the fused operator means serial,
-scalar loops. Before building, every DC-AC PrimFunc that is neither scheduled already nor
-covered by a tuning record gets the sketch with its fixed default knobs. Functions with a
-record are left for ``compile_relax`` to apply the record to: it looks them up by the
-unscheduled function, so scheduling them here would hide them from the database.
+``tvm.compile`` leaves CPU loops unscheduled: serial, scalar loops. The build legalises and
+fuses, applies the tuning database (which marks what it scheduled), then gives every remaining
+function that holds one of our operators (the fused DC-AC, a fused blocked convolution) its
+sketch with fixed default knobs. The operator is found by the ``schedule_rule`` its output
+block names, the same key MetaSchedule uses for the tuned design spaces.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
-from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR
+from tvmc_attend.relay_ops.blocked_conv import SCHEDULE_RULE as BLOCKED_CONV_RULE
+from tvmc_attend.relay_ops.dcac_op import SCHEDULE_RULE as DCAC_RULE
 
-from .dcac import DEFAULT_TAIL, FixedKnobs, schedule_dcac
+from .blocked_conv import schedule_blocked_conv
+from .dcac import DEFAULT_TAIL, schedule_dcac
 from .dcac_isa import isa_for_target
+from .knobs import FixedKnobs
 
 # What TVM marks scheduled functions with (MetaScheduleApplyDatabase, DLight): tirx in 0.27.
 SCHEDULED_ATTR = "tirx.is_scheduled"
+_LOG = logging.getLogger("tvmc_attend.schedules")
+
+DefaultSchedule = Callable[[Any, Any], None]  # (schedule, target) -> schedules in place
+DEFAULTS: dict[str, DefaultSchedule] = {
+    DCAC_RULE: lambda sch, target: schedule_dcac(sch, isa_for_target(target), FixedKnobs(),
+                                                 DEFAULT_TAIL),
+    BLOCKED_CONV_RULE: lambda sch, _target: schedule_blocked_conv(sch, FixedKnobs()),
+}
 
 
-def _has_record(database: Any, func: Any, target: Any, name: str) -> bool:
-    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
-
-    return database.query_tuning_record(_normalize_mod(func), target, name) is not None
-
-
-def default_schedule(func: Any, target: Any) -> Any:
-    """``func`` (a DC-AC PrimFunc) scheduled with the default knobs for ``target``'s ISA."""
+def operator_rule(func: Any) -> str | None:
+    """The rule name of the operator ``func`` holds (a key of ``DEFAULTS``), if any."""
     from tvm.s_tir import Schedule
 
     sch = Schedule(func)
-    schedule_dcac(sch, isa_for_target(target), FixedKnobs(), DEFAULT_TAIL)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        rule = sch.get(block).annotations.get("schedule_rule")
+        if rule is not None and str(rule) in DEFAULTS:
+            return str(rule)
+    return None
+
+
+def default_schedule(func: Any, target: Any) -> Any:
+    """``func`` scheduled with its operator's default knobs for ``target``; ``func`` itself
+    when it holds none of our operators."""
+    from tvm.s_tir import Schedule
+
+    rule = operator_rule(func)
+    if rule is None:
+        return func
+    sch = Schedule(func)
+    DEFAULTS[rule](sch, target)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
-def apply_default_schedules(mod: Any, target: Any, database: Any = None) -> Any:
-    """Return ``mod`` with its unscheduled, untuned DC-AC operators default-scheduled.
-
-    ``target`` is a ``tvm.target.Target``; ``database`` the MetaSchedule database the build
-    will apply (None for an untuned build). Idempotent.
-    """
+def apply_default_schedules(mod: Any, target: Any) -> Any:
+    """``mod`` with every unscheduled function of ours default-scheduled (``target`` a
+    ``tvm.target.Target``). Idempotent; the input module is not modified."""
     import tvm
 
     updated = None
     for gvar, func in mod.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None \
-                or FUNC_ATTR not in func.attrs or SCHEDULED_ATTR in func.attrs:
+        if not isinstance(func, tvm.tirx.PrimFunc) or \
+                (func.attrs is not None and SCHEDULED_ATTR in func.attrs):
             continue
-        if database is not None and _has_record(database, func, target, gvar.name_hint):
+        scheduled = default_schedule(func, target)
+        if scheduled.same_as(func):
             continue
         if updated is None:
             updated = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-        updated[gvar] = default_schedule(func, target)
+        updated[gvar] = scheduled
     return mod if updated is None else updated

@@ -1,21 +1,51 @@
-"""Registration of the DC-AC schedule space as MetaSchedule custom rules, one per ISA."""
+"""Registration of our operators' design spaces as MetaSchedule custom rules, per target key.
+
+MetaSchedule looks a block's ``schedule_rule`` up as ``s_tir.meta_schedule.<key>.<rule>`` for
+each of the target's keys in order (aarch64: ``arm_cpu``, ``cpu``; x86: ``cpu``).
+"""
 
 from __future__ import annotations
 
-from tvmc_attend.relay_ops.dcac_op import SCHEDULE_RULE
+from collections.abc import Callable
+from typing import Any
 
-from .dcac import custom_rule
+from tvmc_attend.relay_ops.blocked_conv import SCHEDULE_RULE as BLOCKED_CONV_RULE
+from tvmc_attend.relay_ops.dcac_op import SCHEDULE_RULE as DCAC_RULE
+
+from .blocked_conv import schedule_blocked_conv
+from .dcac import custom_rule as dcac_rule
 from .dcac_isa import ISAS
+from .knobs import FixedKnobs, SampledKnobs
+
+TARGET_KEYS = ("arm_cpu", "cpu")
 
 
-def rule_name(target_key: str) -> str:
+def rule_name(target_key: str, rule: str = DCAC_RULE) -> str:
     """The global function MetaSchedule's ApplyCustomRule looks up for ``target_key``."""
-    return f"s_tir.meta_schedule.{target_key}.{SCHEDULE_RULE}"
+    return f"s_tir.meta_schedule.{target_key}.{rule}"
+
+
+def blocked_conv_rule(sch: Any, _block: Any) -> list[Any]:
+    """The blocked conv's design spaces: the sampled sketch, and the untuned default as a
+    fixed space (so the search measures it early: a tuned build is never slower than the
+    default, as far as measurements tell)."""
+    spaces = []
+    for knobs in (SampledKnobs(), FixedKnobs()):
+        space = sch.copy()
+        space.seed(sch.fork_seed())
+        schedule_blocked_conv(space, knobs)
+        spaces.append(space)
+    return spaces
 
 
 def register_rules() -> None:
-    """Register the rule for every ISA (idempotent: re-registration overrides)."""
+    """Register every rule for every target key (idempotent: re-registration overrides)."""
     import tvm
 
-    for key, isa in ISAS.items():
-        tvm.register_global_func(rule_name(key), custom_rule(isa), override=True)
+    rules: dict[str, Callable[[str], Any]] = {
+        DCAC_RULE: lambda key: dcac_rule(ISAS[key]),
+        BLOCKED_CONV_RULE: lambda _key: blocked_conv_rule,
+    }
+    for key in TARGET_KEYS:
+        for rule, make in rules.items():
+            tvm.register_global_func(rule_name(key, rule), make(key), override=True)

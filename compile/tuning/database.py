@@ -56,6 +56,9 @@ class DatabaseInfo:
     # every input shape a run tuned it for (a run at a new size appends its own); empty in
     # databases written before it was recorded
     input_shapes: list[list[int]] = field(default_factory=list)
+    # how the model was lowered into tasks (compile.prepare: layout and version); its records
+    # apply only to a build lowered alike. Empty: written before it was recorded.
+    lowering: str = ""
 
 
 class TuningDatabase:
@@ -89,8 +92,9 @@ class TuningDatabase:
             raise UserError(f"{self.info_path} is damaged ({err}); delete the directory and "
                             "tune again") from None
 
-    def check_target(self, board: Board) -> DatabaseInfo:
-        """Refuse a database tuned for another target: its schedules would be wrong there."""
+    def check_target(self, board: Board, lowering: str | None = None) -> DatabaseInfo:
+        """Refuse a database tuned for another target (its schedules would be wrong there) or,
+        given ``lowering``, for other tasks (another layout, an older compiler)."""
         info = self.read_info()
         wanted = board.resolved_target_dict()
         if info.target_name != board.name or _canonical(info.target) != _canonical(wanted):
@@ -99,11 +103,19 @@ class TuningDatabase:
                 f"{_canonical(info.target)}, not {board.name} {_canonical(wanted)}; tune for "
                 f"{board.name} or pass --untuned"
             )
+        if lowering is not None and info.lowering != lowering:
+            had = info.lowering or "nchw-v0, before channel layouts and fast math"
+            layout = info.lowering.rsplit("-v", 1)[0] if info.lowering else None
+            hint = f" or pass --layout {layout}" if layout and \
+                not lowering.startswith(f"{layout}-v") else ""
+            raise UserError(
+                f"tuning database {self.path} holds tasks lowered as {had}, not {lowering}: "
+                f"its records would not apply; retune into a new --log-dir{hint}")
         return info
 
     def open(self, board: Board, model: str, create: bool = False,
              emulated: bool = False, device: str | None = None,
-             input_shape: tuple[int, ...] | None = None,
+             input_shape: tuple[int, ...] | None = None, lowering: str | None = None,
              warn: Callable[[str], None] = _warn) -> Any:
         """Open the MetaSchedule JSONDatabase.
 
@@ -111,7 +123,9 @@ class TuningDatabase:
         ``device`` and ``input_shape`` added to the identity, and the files repaired, all
         under the lock (taken here unless the caller holds it; a writer should hold it for as
         long as it appends). Otherwise read-only (compile): nothing is written, the database
-        is loaded from a checked copy of the files and must not be committed to."""
+        is loaded from a checked copy of the files and must not be committed to.
+        ``lowering``: what the tasks must have been lowered as (see ``check_target``); a new
+        database records it."""
         import tvm
         from tvm.s_tir import meta_schedule as ms
 
@@ -120,7 +134,7 @@ class TuningDatabase:
                 raise UserError(f"no tuning database at {self.path}; run `tvmc-attend tune "
                                 f"--model {model} --target {board.name}` first, or compile "
                                 "with --untuned")
-            self.check_target(board)
+            self.check_target(board, lowering)
             check = check_files(self.path)
             # An unterminated torn last line is what a tune appending right now looks like.
             if check.problems > check.unterminated:
@@ -130,12 +144,12 @@ class TuningDatabase:
 
         with self.lock():
             if self.exists():
-                info = self.check_target(board)
+                info = self.check_target(board, lowering)
             else:
                 os.makedirs(self.path, exist_ok=True)
                 info = DatabaseInfo(model=model, target_name=board.name,
                                     target=board.resolved_target_dict(), emulated=emulated,
-                                    tvm_version=tvm.__version__)
+                                    tvm_version=tvm.__version__, lowering=lowering or "")
             info.emulated = info.emulated or emulated
             if device and device not in info.devices:
                 info.devices.append(device)

@@ -1,17 +1,17 @@
 """Tune a model with MetaSchedule (evolutionary search + XGBoost cost model), resumably.
 
-Resume works per task: the database already holds N records for a task, so that task gets
-``trials_per_task - N`` more trials (none when its budget is spent), and a rerun with the same
-budget measures nothing. Every measured candidate is appended to the database as it arrives,
-so Ctrl-C or a lost device keeps every record measured so far. A run holds its database's
-lock (``TuningDatabase.lock``) throughout: a second run on the same database waits for it.
+The budget is ``trials`` in all: records the database already holds count against it, so a
+rerun with the same budget measures nothing, and a larger one continues. Trials go to tasks
+by the time they can still save (``scheduler.LatencyShareScheduler``), each capped by
+``trials_per_task`` when given. Every measured candidate is appended to the database as it
+arrives, so Ctrl-C or a lost device keeps every record measured so far. A run holds its
+database's lock (``TuningDatabase.lock``) throughout: a second run on the same database waits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sys
 import time
@@ -25,11 +25,18 @@ from tvmc_attend.schedules import register_rules
 from tvmc_attend.targets import Board
 
 from ..frontend import ModelSource
-from ..prepare import PreparedModel, legalize_and_fuse, prepare_model
+from ..prepare import (
+    DEFAULT_LAYOUT,
+    PreparedModel,
+    legalize_and_fuse,
+    lowering_of,
+    prepare_model,
+)
 from .database import TuningDatabase, count_records
 from .intrinsics import load_tensor_intrinsics
 from .measure import MeasureEnvironment, make_measure_environment
 from .replay import MeasuredCandidates
+from .scheduler import LatencyShareScheduler
 from .stop import StopFlag, StopRequested
 
 MS_LOGGER = "tvm.s_tir.meta_schedule"
@@ -49,6 +56,7 @@ class TuneOptions:
     genetic_num_iters: int = 2
     # Another tune holding the database: wait for it (True) or raise a UserError naming it.
     wait: bool = True
+    layout: str = DEFAULT_LAYOUT  # what convolutions compute in (compile.prepare.LAYOUTS)
 
     def search_strategy(self) -> Any:
         from tvm.s_tir import meta_schedule as ms
@@ -72,10 +80,15 @@ class TaskState:
     replayed: int = 0  # offered again by the search, answered from the database
     best_ms: float | None = None
     errors: int = 0
+    flops: float = 0.0  # per call, as MetaSchedule estimates them
 
     @property
     def done(self) -> int:
         return self.previous + self.measured + self.replayed
+
+    @property
+    def gflops(self) -> float | None:
+        return self.flops / self.best_ms / 1e6 if self.best_ms else None
 
 
 @dataclass
@@ -101,6 +114,24 @@ class TuneResult:
         if not self.tasks or any(t.best_ms is None for t in self.tasks):
             return None
         return sum(t.weight * t.best_ms for t in self.tasks)
+
+    def share(self, task: TaskState) -> float | None:
+        """The task's part of the estimated model latency (calls x best ms)."""
+        total = self.estimated_ms
+        return task.weight * task.best_ms / total if total and task.best_ms else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "target": self.board, "database": self.database,
+            "device": self.device, "emulated": self.emulated, "budget": self.budget,
+            "new_trials": self.new_trials, "seconds": round(self.seconds, 1),
+            "trials_per_minute": round(self.trials_per_minute, 1),
+            "estimated_ms": self.estimated_ms, "stopped": self.stopped,
+            "tasks": [{"task": t.name, "flops": t.flops, "calls": t.weight,
+                       "best_ms": t.best_ms, "gflops": t.gflops, "share": self.share(t),
+                       "trials": t.done, "new_trials": t.measured, "errors": t.errors}
+                      for t in self.tasks],
+        }
 
 
 ProgressHook = Callable[[TuneResult], None]
@@ -169,10 +200,12 @@ def tune_model(source: ModelSource, board: Board, options: TuneOptions,
     workers = device.parallel_workers()
     db_dir = TuningDatabase.for_model(options.log_dir, board, source.name)
     if db_dir.exists():
-        db_dir.check_target(board)
+        db_dir.check_target(board, lowering_of(options.layout))
     with db_dir.lock(wait=options.wait):  # before the import: --no-wait answers at once
-        return tune_prepared(prepare_model(source, fuse_dcac=fuse_dcac), board, options,
-                             device=device, on_progress=on_progress, workers=workers)
+        prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=options.layout,
+                                 board=board)
+        return tune_prepared(prepared, board, options, device=device,
+                             on_progress=on_progress, workers=workers)
 
 
 def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
@@ -198,7 +231,7 @@ def tune_prepared(prepared: PreparedModel, board: Board, options: TuneOptions,
 
 @dataclass
 class TuningPlan:
-    """The budgets of one run: each task's (in its state), candidates per search round, and
+    """The budgets of one run: each task's cap (in its state), candidates per search round, and
     the trials left of the run's total once the database's records are counted."""
 
     states: list[TaskState]
@@ -213,15 +246,17 @@ class TuningPlan:
 
 def plan_budgets(extracted: list[Any], task_mods: list[Any], database: Any,
                  options: TuneOptions) -> TuningPlan:
-    """Per-task budgets: ``trials_per_task``, or an equal share of ``trials`` (at least one
-    round); records the database already holds count as done."""
+    """The run's budget: ``trials`` in all (records the database holds count as done), shared
+    by ``LatencyShareScheduler``; each task capped by ``trials_per_task`` when given."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
     previous = count_records(database, task_mods)
     per_round = options.trials_per_round or _default_per_round(options.trials, len(extracted))
-    per_task = options.trials_per_task or max(
-        per_round, math.ceil(options.trials / len(extracted)))
+    cap = options.trials_per_task or options.trials
     states = [
-        TaskState(name=task.task_name, weight=float(task.weight), budget=per_task,
-                  previous=min(prev, per_task), best_ms=_best_ms(database, mod))
+        TaskState(name=task.task_name, weight=float(task.weight), budget=cap,
+                  previous=min(prev, cap), best_ms=_best_ms(database, mod),
+                  flops=float(estimate_tir_flops(mod)))
         for task, mod, prev in zip(extracted, task_mods, previous, strict=True)
     ]
     return TuningPlan(states=states, per_round=per_round,
@@ -233,7 +268,8 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
                  on_progress: ProgressHook | None, workers: int) -> TuneResult:
     database = db_dir.open(board, prepared.imported.name, create=True,
                            emulated=device.emulated, device=device.description,
-                           input_shape=prepared.imported.input_shape)
+                           input_shape=prepared.imported.input_shape,
+                           lowering=prepared.lowering)
     task_mods = [task.dispatched[0] for task in extracted]
     plan = plan_budgets(extracted, task_mods, database, options)
     result = TuneResult(model=prepared.imported.name, board=board.name, database=db_dir.path,
@@ -248,8 +284,8 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
         with (measure_env.stop.on_sigint(),
               _native_stderr_to(os.path.join(log_dir, "native.log"))):
             try:
-                _tune_groups(extracted, plan, board, options, database, db_dir.path, log_dir,
-                             measure_env, result, on_progress, start)
+                _tune_pending(extracted, plan, board, options, database, db_dir.path,
+                              log_dir, measure_env, result, on_progress, start)
             except (StopRequested, RuntimeError):
                 # Our callbacks unwind MetaSchedule's loop by raising; the FFI turns that into
                 # a bare RuntimeError, so the flag, not the exception, says whether this was a
@@ -280,42 +316,35 @@ def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any],
     return make_measure_environment(board, device.spec, measured, StopFlag(), workers=workers)
 
 
-def _tune_groups(extracted: list[Any], plan: TuningPlan, board: Board, options: TuneOptions,
-                 database: Any, work_dir: str, log_dir: str, measure_env: MeasureEnvironment,
-                 result: TuneResult, on_progress: ProgressHook | None, start: float) -> None:
-    """Tune the pending tasks, one MetaSchedule run per group of tasks with the same remaining
-    budget (after an interrupted run there are at most a few such groups)."""
+def _tune_pending(extracted: list[Any], plan: TuningPlan, board: Board, options: TuneOptions,
+                  database: Any, work_dir: str, log_dir: str, measure_env: MeasureEnvironment,
+                  result: TuneResult, on_progress: ProgressHook | None, start: float) -> None:
+    """Tune the pending tasks in one MetaSchedule run, trials allotted by
+    ``LatencyShareScheduler`` (each batch recorded as soon as it is measured)."""
     from tvm.s_tir import meta_schedule as ms
 
-    remaining = plan.remaining
-    for task_budget, group in _group_by_remaining(plan.states, plan.pending):
-        group_budget = min(remaining, task_budget * len(group))
-        if group_budget <= 0:
-            break
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [extracted[i] for i in group], work_dir=work_dir,
-            strategy=options.search_strategy(), num_threads=board.thread_count()
-            if not board.is_remote else len(os.sched_getaffinity(0)),
-            seed=options.seed)
-        _quiet_metaschedule(log_dir)
-        callback = measure_env.progress_callback(
-            [plan.states[i] for i in group], result, on_progress, start)
-        ms.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=work_dir,
-            max_trials_global=group_budget, max_trials_per_task=task_budget,
-            num_trials_per_iter=plan.per_round,
-            builder=measure_env.builder, runner=measure_env.runner, database=database,
-            cost_model=ms.cost_model.XGBModel(
-                extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
-                num_tuning_cores=len(os.sched_getaffinity(0))),
-            measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
-            # Not "gradient": it joins no measurement until every task has had its first
-            # round, so the database stays empty (and the progress at zero) for most of a
-            # short run, and Ctrl-C there would lose every trial. Round-robin records each
-            # task's results as soon as they are ready.
-            task_scheduler="round-robin",
-        )
-        remaining -= sum(plan.states[i].measured + plan.states[i].replayed for i in group)
+    pending = plan.pending
+    states = [plan.states[i] for i in pending]
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        [extracted[i] for i in pending], work_dir=work_dir,
+        strategy=options.search_strategy(), num_threads=board.thread_count()
+        if not board.is_remote else len(os.sched_getaffinity(0)),
+        seed=options.seed)
+    _quiet_metaschedule(log_dir)
+    callback = measure_env.progress_callback(states, result, on_progress, start)
+    ms.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=work_dir,
+        max_trials_global=plan.remaining,
+        max_trials_per_task=max(s.budget - s.done for s in states),  # ours caps each task
+        num_trials_per_iter=plan.per_round,
+        builder=measure_env.builder, runner=measure_env.runner, database=database,
+        cost_model=ms.cost_model.XGBModel(
+            extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
+            num_tuning_cores=len(os.sched_getaffinity(0))),
+        measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
+        task_scheduler=LatencyShareScheduler(states, [s.budget for s in states],
+                                             plan.per_round),
+    )
 
 
 def _default_per_round(trials: int, num_tasks: int) -> int:
@@ -323,14 +352,6 @@ def _default_per_round(trials: int, num_tasks: int) -> int:
     no fallback schedule), which costs far more than a mediocre schedule: so first make sure
     every task gets one round, then use up to 16 per round (the search step is amortised)."""
     return max(2, min(16, trials // max(1, num_tasks)))
-
-
-def _group_by_remaining(states: list[TaskState],
-                        pending: list[int]) -> list[tuple[int, list[int]]]:
-    groups: dict[int, list[int]] = {}
-    for i in pending:
-        groups.setdefault(states[i].budget - states[i].done, []).append(i)
-    return sorted(groups.items(), key=lambda kv: -kv[0])
 
 
 __all__ = ["TaskState", "TuneOptions", "TuneResult", "TuningPlan", "at_most_every",

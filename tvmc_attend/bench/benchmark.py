@@ -17,7 +17,7 @@ from tvmc_attend.compile.build import require_cross_compiler
 from tvmc_attend.compile.frontend import ModelSource
 from tvmc_attend.compile.inputs import random_input
 from tvmc_attend.compile.pipeline import compile_prepared
-from tvmc_attend.compile.prepare import prepare_model
+from tvmc_attend.compile.prepare import DEFAULT_LAYOUT, prepare_model
 from tvmc_attend.compile.verify import reference_for
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.targets import Board
@@ -68,6 +68,7 @@ class BenchmarkReport:
 def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCAL,
                   rounds: int = 10, runs_per_round: int = 5, log_dir: str | None = None,
                   work_dir: str | None = None, fuse_dcac: bool = True,
+                  layout: str = DEFAULT_LAYOUT,
                   progress: Callable[[str], None] = print) -> BenchmarkReport:
     """Compile the untuned and (if a database exists) tuned bundles, then time every variant
     (the TVM ones on ``device``)."""
@@ -77,7 +78,7 @@ def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCA
     threads = board.thread_count()
     work = work_dir or tempfile.mkdtemp(prefix="tvmc-attend-bench-")
     notes: list[str] = []
-    prepared = prepare_model(source, fuse_dcac=fuse_dcac)
+    prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=layout, board=board)
     imported = prepared.imported
     progress(f"compiling untuned and tuned bundles for {board.name} into {work}")
     untuned_dir = os.path.join(work, "untuned")
@@ -100,7 +101,7 @@ def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCA
     check_and_time([(v, x, reference) for v in variants], rounds, runs_per_round, progress)
     meta = tuned.metadata
     tuning = {"database": meta.tuning.database, "records": meta.tuning.records,
-              "tuned": meta.tuned, "fused_dcac": meta.fused_dcac}
+              "tuned": meta.tuned, "fused_dcac": meta.fused_dcac, "layout": meta.layout}
     return BenchmarkReport(model=imported.name, run=RunInfo.on(board, device), variants=variants,
                            tuning=tuning, notes=notes,
                            reference=framework.name if framework else None)

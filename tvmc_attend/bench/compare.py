@@ -22,7 +22,7 @@ from tvmc_attend.compile.build import require_cross_compiler
 from tvmc_attend.compile.frontend import ModelSource
 from tvmc_attend.compile.inputs import random_input
 from tvmc_attend.compile.pipeline import compile_prepared
-from tvmc_attend.compile.prepare import prepare_model
+from tvmc_attend.compile.prepare import DEFAULT_LAYOUT, prepare_model
 from tvmc_attend.compile.tuning.tune import TuneOptions, at_most_every, tune_prepared
 from tvmc_attend.compile.verify import DEFAULT_TOLERANCE, rel_err
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
@@ -58,6 +58,7 @@ class CompareOptions:
     work_dir: str | None = None
     rounds: int = 10
     runs_per_round: int = 3
+    layout: str = DEFAULT_LAYOUT
 
     @property
     def baseline_model(self) -> str:
@@ -181,7 +182,7 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str,
 
     progress(f"{name}: importing")
     prepared = prepare_model(ModelSource(model=name, input_size=options.input_size,
-                                         seed=options.seed))
+                                         seed=options.seed), layout=options.layout, board=board)
     imported = prepared.imported
     if imported.torch_module is None:
         raise UserError(f"{name} has no PyTorch reference to check against; compare zoo models")
@@ -189,7 +190,8 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str,
     if options.trials:
         progress(f"{name}: tuning (resumes from the database; budget {options.trials} trials)")
         tuned = tune_prepared(prepared, board, TuneOptions(
-            trials=options.trials, seed=options.seed, log_dir=options.log_dir),
+            trials=options.trials, seed=options.seed, log_dir=options.log_dir,
+            layout=options.layout),
             device=device, on_progress=at_most_every(30.0, lambda r: progress(
                 f"{name}: {sum(t.done for t in r.tasks)}/{r.budget} trials")))
         tuning.update(new_trials=tuned.new_trials, seconds=round(tuned.seconds, 1),

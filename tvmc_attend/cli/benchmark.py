@@ -99,6 +99,7 @@ def benchmark_command(
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
     fuse_dcac: bool = options.FUSE_DCAC,
+    layout: str = options.LAYOUT,
     op: str | None = typer.Option(
         None, "--op", help="Benchmark an operator instead: 'dcac' (stock Relax fusion vs our "
         "fused DC-AC, per AttendNeXt stage and end to end; host only)."),
@@ -124,7 +125,7 @@ def benchmark_command(
     source = options.model_source(model, input_size, input_shape, checkpoint, seed)
     report = benchmark.run_benchmark(
         source, board, device=device.choose(board), rounds=rounds, runs_per_round=runs_per_round,
-        log_dir=log_dir, work_dir=keep, fuse_dcac=fuse_dcac,
+        log_dir=log_dir, work_dir=keep, fuse_dcac=fuse_dcac, layout=layout,
         progress=lambda m: typer.echo(m, err=True))
     show_report(report, [report_table(report)], report.notes, width=110, json_path=json_path,
                 plot_path=plot_path, plot=benchmark.plot)

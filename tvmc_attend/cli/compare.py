@@ -76,6 +76,7 @@ def compare_command(
     keep: str | None = options.KEEP,
     input_size: int | None = options.INPUT_SIZE,
     seed: int = options.SEED,
+    layout: str = options.LAYOUT,
     device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Tune, compile and time AttendNeXt and its peers on one target, side by side."""
@@ -86,7 +87,7 @@ def compare_command(
     opts = CompareOptions(models=[m.strip() for m in models.split(",") if m.strip()],
                           baseline=baseline, trials=trials, input_size=input_size, seed=seed,
                           log_dir=log_dir, work_dir=keep, rounds=rounds,
-                          runs_per_round=runs_per_round)
+                          runs_per_round=runs_per_round, layout=layout)
     report = run_compare(opts, board, device=device.choose(board),
                          progress=lambda m: typer.echo(m, err=True))
     show_report(report, [report_table(report)], report.notes, width=200, json_path=json_path,

@@ -28,6 +28,7 @@ def compile_command(
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
     fuse_dcac: bool = options.FUSE_DCAC,
+    layout: str = options.LAYOUT,
     verify: bool = typer.Option(
         True, "--verify/--no-verify",
         help="Run the bundle on a seeded input and compare it with PyTorch (zoo, .pt2) or "
@@ -65,7 +66,8 @@ def compile_command(
                         "--no-verify")
     start = time.perf_counter()
     meta = compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,
-                          database_dir=database, fuse_dcac=fuse_dcac, verify=check,
+                          database_dir=database, fuse_dcac=fuse_dcac, layout=layout,
+                            verify=check,
                           warn=lambda m: typer.echo(f"warning: {m}", err=True)).metadata
     elapsed = time.perf_counter() - start
     how = f"tuned, {meta.tuning.records} records" if meta.tuned else "untuned"

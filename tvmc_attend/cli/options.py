@@ -40,6 +40,11 @@ EMULATE = typer.Option(False, "--emulate",
 LOG_DIR = typer.Option(None, "--log-dir", help="Tuning database root (default ./tuning_logs).")
 FUSE_DCAC = typer.Option(True, "--fuse-dcac/--no-fuse-dcac",
                          help="Replace each DC-AC block by our fused operator (default: on).")
+# Default: compile.prepare.DEFAULT_LAYOUT (not imported here: it imports TVM; a test checks).
+LAYOUT = typer.Option(
+    "blocked", "--layout",
+    help="Layout convolutions compute in: blocked (channel-blocked NCHW{b}c where padding is "
+         "cheap, NCHW elsewhere; default), nhwc, or nchw (as imported).")
 KEEP = typer.Option(None, "--keep", help="Keep the bundles in this directory.")
 
 

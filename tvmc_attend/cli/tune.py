@@ -24,16 +24,18 @@ def _fmt_ms(value: float | None) -> str:
 
 
 def task_table(result: TuneResult, title: str) -> Table:
-    """Per-task table: trials done / budget, best latency, weight."""
+    """Per-task table: where the model's time goes and where the trials went."""
     label = " (emulated)" if result.emulated else ""
     table = Table(title=title)
-    for col, justify in (("#", "right"), ("task", "left"), ("weight", "right"),
-                         ("trials", "right"), (f"best ms{label}", "right"),
-                         ("errors", "right")):
-        table.add_column(col, justify=justify)
+    for col in ("#", "task", "MFLOP", "calls", f"best ms{label}", "GFLOP/s", "share",
+                "trials", "errors"):
+        table.add_column(col, justify="left" if col == "task" else "right")
     for i, t in enumerate(result.tasks):
-        table.add_row(str(i), t.name[:48], f"{t.weight:g}", f"{t.done}/{t.budget}",
-                      _fmt_ms(t.best_ms), str(t.errors) if t.errors else "")
+        share = result.share(t)
+        table.add_row(str(i), t.name[:44], f"{t.flops / 1e6:.1f}", f"{t.weight:g}",
+                      _fmt_ms(t.best_ms), f"{t.gflops:.1f}" if t.gflops else "-",
+                      f"{100 * share:.1f}%" if share is not None else "-", str(t.done),
+                      str(t.errors) if t.errors else "")
     return table
 
 
@@ -51,7 +53,8 @@ def tune_command(
     target: str = options.TARGET,
     trials: int = typer.Option(200, "--trials", min=1, help="Total trial budget (all tasks)."),
     trials_per_task: int | None = typer.Option(
-        None, "--trials-per-task", min=1, help="Per-task cap (default: trials / tasks)."),
+        None, "--trials-per-task", min=1,
+        help="Per-task cap (default: none; trials go where the model's time is)."),
     trials_per_round: int | None = typer.Option(
         None, "--trials-per-round", min=1,
         help="Candidates per search round (default: 2-16, so that every task gets one)."),
@@ -61,9 +64,12 @@ def tune_command(
     checkpoint: str | None = options.CHECKPOINT,
     seed: int = options.SEED,
     fuse_dcac: bool = options.FUSE_DCAC,
+    layout: str = options.LAYOUT,
     no_wait: bool = typer.Option(
         False, "--no-wait",
         help="Exit at once if another tune is using the database (default: wait for it)."),
+    json_path: str | None = options.json_report(
+        "Write the per-task table and the run's figures as JSON."),
     device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
@@ -84,7 +90,7 @@ def tune_command(
 
         tune_options = TuneOptions(trials=trials, trials_per_task=trials_per_task,
                                    trials_per_round=trials_per_round, seed=seed,
-                                   log_dir=log_dir, wait=not no_wait)
+                                   log_dir=log_dir, wait=not no_wait, layout=layout)
         result = _with_progress(lambda on_progress: tune_model(
             source, board, tune_options, device=chosen, on_progress=on_progress,
             fuse_dcac=fuse_dcac))
@@ -92,6 +98,10 @@ def tune_command(
     console.print(task_table(result, f"{result.model} on {result.board}"))
     console.print(summary_line(result))
     console.print(f"database: {result.database}")
+    if json_path:
+        from tvmc_attend.files import write_json_atomic
+
+        write_json_atomic(json_path, result.as_json())
     if result.stopped:
         console.print(f"[bold]stopped:[/bold] {result.stopped}. Every record measured so far "
                       "is in the database; rerun the same command to resume.")
