@@ -123,6 +123,7 @@ class ProgressCallback(PyMeasureCallback):
     def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list,
               builder_results: list, runner_results: list) -> None:
         state = self.states[task_id]
+        state.batches += 1
         replays = sum(1 for b in builder_results if self.measured.is_replay(b.artifact_path))
         state.replayed += replays
         state.measured += len(measure_candidates) - replays

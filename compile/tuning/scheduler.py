@@ -15,7 +15,8 @@ there loses it). This one:
 
 MetaSchedule asserts that a task has a batch in flight before joining it and does not expose
 that to Python, so the scheduler tracks it itself: a task has a batch in flight when it was
-sent one and its measured count has not moved since.
+sent one and no batch of it was joined since (the progress callback counts every join, even
+of a batch the search left empty).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def latency_share_pick(states: Sequence[Any], alive: Sequence[int], first_round:
 @derived_object
 class LatencyShareScheduler(PyTaskScheduler):
     """A MetaSchedule task scheduler over ``states`` (one TaskState per task, kept current by
-    the progress callback); ``caps``: most trials (done, records included) per task;
+    the progress callback: ``done``, ``best_ms``, ``batches``); ``caps``: most trials (done,
+    records included) per task;
     ``batch``: candidates per search round."""
 
     def __init__(self, states: Sequence[Any], caps: Sequence[int], batch: int) -> None:
@@ -59,10 +61,11 @@ class LatencyShareScheduler(PyTaskScheduler):
         self.states = list(states)
         self.caps = list(caps)
         self.batch = batch  # candidates per search round
-        self._sent_at: list[int | None] = [None] * len(self.states)  # done when last sent
+        # batches joined when the task was last sent one
+        self._sent_at: list[int | None] = [None] * len(self.states)
 
     def _in_flight(self, i: int) -> bool:
-        return self._sent_at[i] is not None and self.states[i].done == self._sent_at[i]
+        return self._sent_at[i] is not None and self.states[i].batches == self._sent_at[i]
 
     def next_task_id(self) -> int:
         outer = self._outer()  # type: ignore[attr-defined]
@@ -79,5 +82,5 @@ class LatencyShareScheduler(PyTaskScheduler):
                                   in_flight=in_flight, batch=self.batch)
         if self._in_flight(pick):
             self.join_running_task(pick)
-        self._sent_at[pick] = self.states[pick].done
+        self._sent_at[pick] = self.states[pick].batches
         return pick

@@ -81,6 +81,7 @@ class TaskState:
     best_ms: float | None = None
     errors: int = 0
     flops: float = 0.0  # per call, as MetaSchedule estimates them
+    batches: int = 0  # batches joined this run (some hold no candidate)
 
     @property
     def done(self) -> int:
