@@ -150,5 +150,5 @@ def _mismatch(prepared: PreparedModel, board: Board, tuning: TuningInfo,
     tries.append("--tolerance to accept it, --no-verify to skip the check")
     return (f"the compiled {prepared.imported.name} for {board.name} differs from "
             f"{result.reference} on a seeded input (max relative error "
-            f"{result.max_rel_err:.2e} > {result.tolerance:g}, run on {result.where}); no "
+            f"{result.max_rel_err:.2e} > {result.bound:.2g}, run on {result.where}); no "
             f"bundle was written. Try {', '.join(tries)}")

@@ -271,16 +271,24 @@ class _Rewriter:
         return relax.op.nn.max_pool2d(data, **kwargs)
 
     def _binary(self, call: relax.Call, layout: ChannelLayout) -> Any:
+        """The op on blocked tensors. Pad channels must stay finite (a conv weighs them with
+        zero, and 0 x inf is NaN): a scalar stays a scalar, a per-channel divisor is packed
+        with ones, and a tensor is never divided by a blocked tensor (whose pads may be 0)."""
+        divide = _op(call) == "relax.divide"
         args = []
-        for arg in call.args:
-            if self.layouts.get(arg) == layout:
+        for i, arg in enumerate(call.args):
+            divisor = divide and i == 1
+            if self.layouts.get(arg) == layout and not divisor:
                 args.append(self.in_layout(arg, layout))
                 continue
             arr = _constant(arg)
+            if arr is not None and arr.size == 1:
+                args.append(arg)
+                continue
             per_channel = _per_channel(arr, layout.channels) if arr is not None else None
             if per_channel is None:
                 return None
-            args.append(relax.const(layout.pack(per_channel)))
+            args.append(relax.const(layout.pack(per_channel, pad=1.0 if divisor else 0.0)))
         return relax.Call(call.op, args, call.attrs)
 
     def _with_nchw_vars(self, expr: Any) -> Any:

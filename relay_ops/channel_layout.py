@@ -7,8 +7,9 @@ channels are split into ``groups`` runs (a grouped convolution's groups) and eac
 with zero channels to whole blocks, so that no block straddles two groups: AttendNeXt's
 stage-3 tensor (4 groups of 44) is stored as 4 x 48 channels, 12 blocks of 16.
 
-Padded channels may hold any value, as nothing reads them: a convolution weighs them with
-zeros, and element-wise ops keep them per channel.
+Padded channels may hold any finite value, as nothing reads them: a convolution weighs them
+with zeros, and element-wise ops keep them per channel. Finite matters: 0 x inf is NaN, so
+constants that divide are padded with ones (see ``BlockedLayout``).
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ class ChannelLayout:
 
     # -- constants are packed at compile time, in numpy
 
-    def pack(self, arr: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) -> this layout; pad channels are zero."""
+    def pack(self, arr: np.ndarray, pad: float = 0.0) -> np.ndarray:
+        """(N, C, H, W) -> this layout; pad channels hold ``pad`` (zero, or one for a
+        divisor)."""
         n, c, h, w = arr.shape
-        out = np.zeros((n, self.padded, h, w), arr.dtype)
+        out = np.full((n, self.padded, h, w), pad, arr.dtype)
         out[:, [self.position(i) for i in range(c)]] = arr
         if not self.blocked:
             return out

@@ -34,17 +34,18 @@ MAX_COLUMN_TILE = 16
 MAX_ROW_TILE = 2
 
 
-def _epilogue(sch: Any, writeback: Any) -> list[Any]:
-    """The blocks after the conv's write-back, in order."""
+def _epilogue(sch: Any) -> list[Any]:
+    """The element-wise blocks fused with the conv, in order: those after it, and those FuseOps
+    placed before it that compute another input of the epilogue (an unfolded BatchNorm on a
+    residual branch, as in MobileOne). Taken before the schedule adds blocks of its own."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    names = [sch.get(b).name_hint for b in blocks]
-    start = names.index(sch.get(writeback).name_hint)
-    return blocks[start + 1:]
+    return [b for b in blocks if sch.get(b).name_hint not in (OUTPUT_BLOCK, "pad")]
 
 
 def schedule_blocked_conv(sch: Any, knobs: Knobs) -> Any:
     """Schedule the fused blocked-conv PrimFunc held by ``sch`` in place."""
     conv = sch.get_sblock(OUTPUT_BLOCK)
+    epilogue = _epilogue(sch)
     annotations = sch.get(conv).annotations
     blocks_per_group = int(annotations["blocks_per_group"])
     in_block = int(annotations["in_block"])
@@ -79,7 +80,6 @@ def schedule_blocked_conv(sch: Any, knobs: Knobs) -> Any:
         sch.unroll(loop)
     sch.vectorize(lanes)
     sch.decompose_reduction(conv, reduction[0])
-    epilogue = _epilogue(sch, local)
     for block in epilogue[:-1]:
         sch.compute_inline(block)
     if epilogue:

@@ -147,7 +147,9 @@ def test_conv_refuses_a_layout_that_splits_groups() -> None:
 
 class SmallNet(nn.Module):
     """Stem, grouped and depthwise convs, 1x1s, pools, residual adds, a squeeze-excite gate
-    (mean -> 1x1 -> sigmoid -> multiply) and a classifier. Channels 3, 24, 84 (4 groups of 21)
+    (mean -> 1x1 -> sigmoid -> multiply), a hard-swish (a divide by a scalar), a MobileOne
+    block (a 1x1 conv plus an unfolded BatchNorm of its input: a divide by per-channel
+    constants, fused before the conv) and a classifier. Channels 3, 24, 84 (4 groups of 21)
     and 20: blocked with padding, none a multiple of 16, two not of 8."""
 
     def __init__(self) -> None:
@@ -160,6 +162,11 @@ class SmallNet(nn.Module):
         self.squeeze = nn.Conv2d(84, 20, 1)
         self.excite = nn.Conv2d(20, 84, 1)
         self.grouped2 = nn.Conv2d(84, 84, 3, padding=1, groups=4)
+        self.mobileone = nn.Conv2d(84, 84, 1)
+        self.identity_bn = nn.BatchNorm2d(84).eval()
+        with torch.no_grad():
+            self.identity_bn.running_mean.uniform_(-1, 1)
+            self.identity_bn.running_var.uniform_(0.5, 2)
         self.head = nn.Linear(84, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +179,8 @@ class SmallNet(nn.Module):
                                                                           keepdim=True)))))
         x = x * gate
         x = nn.functional.avg_pool2d(self.grouped2(x), 2, 2) + x[:, :, ::2, ::2]
+        x = x * nn.functional.relu6(x + 3) / 6
+        x = nn.functional.relu(self.mobileone(x) + self.identity_bn(x))
         return self.head(x.mean((2, 3)))
 
 
@@ -198,7 +207,7 @@ def test_layouts_keep_the_numerics(layout, size, tmp_path) -> None:
     torch.export.save(torch.export.export(module, (torch.from_numpy(xs[0]),)), str(path))
     prepared = prepare_model(ModelSource(str(path)), layout=layout, board=HOST)
     if layout == "blocked":
-        assert prepared.layout.blocked_convs == 7
+        assert prepared.layout.blocked_convs == 8
     for out, ref in zip(_build_and_run(prepared, xs), refs, strict=True):
         assert rel_err(out, ref) < RTOL
 

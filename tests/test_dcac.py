@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from helpers import RTOL, assert_depends_on_input, inputs, rel_err, torch_reference
 from torch import nn
 
-from tvmc_attend.compile.build import build_executable
+from tvmc_attend.compile.build import build_executable, schedule_module
 from tvmc_attend.compile.frontend import ModelSource
 from tvmc_attend.compile.prepare import legalize_and_fuse, preparation_passes, prepare_model
 from tvmc_attend.models import DCAC, DCACConfig, init_weights
@@ -291,6 +291,7 @@ def test_tuned_records_reach_the_build(tmp_path) -> None:
     """A few trials: the operator's records reach the build, which then leaves the operator to
     the database (the default schedule is one of the tuning's design spaces)."""
     import tvm
+    import tvm_ffi
     from tvm import relax
 
     from tvmc_attend.bench.op_benchmark import dcac_block
@@ -308,12 +309,13 @@ def test_tuned_records_reach_the_build(tmp_path) -> None:
     database = db_dir.open(HOST, name)
     assert result.new_trials > 0
     assert len(database.get_all_tuning_records()) > 1  # the candidates it measured
-    # The build leaves the operator to the database, and the database schedules it.
-    assert SCHEDULED_ATTR not in dcac_funcs(
-        apply_default_schedules(prepared.mod, target, database))[0].attrs
+    # The database schedules the operator, and the build keeps that schedule (the default
+    # schedule only fills in what no record covers).
     with target, database, tvm.transform.PassContext(opt_level=3):
         applied = relax.transform.MetaScheduleApplyDatabase()(legalize_and_fuse(prepared.mod, HOST))
     assert dcac_funcs(applied)[0].attrs[SCHEDULED_ATTR]  # the record was applied
+    built = dcac_funcs(schedule_module(prepared.mod, HOST, database))[0]
+    assert tvm_ffi.structural_equal(built, dcac_funcs(applied)[0])
     executable = build_executable(prepared.mod, HOST, database)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(block.x)).numpy()

@@ -80,6 +80,33 @@ def test_a_mismatch_writes_nothing_and_says_what_to_try(tmp_path) -> None:
     assert not out.exists() and not list(tmp_path.glob(".bundle-*"))
 
 
+def test_the_default_bound_widens_to_the_float32_floor_only() -> None:
+    """Against PyTorch, the default bound is max(1e-5, 2 x PyTorch float32's distance to its
+    own float64 output); an explicit --tolerance is exact."""
+    from tvmc_attend.compile.frontend import ImportedModel
+    from tvmc_attend.compile.verify import verify
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.Tanh()) for _ in range(8)]).eval()
+    imported = ImportedModel(name="mlp", source="zoo", mod=None, input_name="x",
+                             input_shape=(4, 64), input_dtype="float32", output_shape=(4, 64),
+                             output_dtype="float32", torch_module=net)
+    import copy
+    net64 = copy.deepcopy(net).double()
+
+    def exact(x: np.ndarray) -> np.ndarray:  # float64 rounded to float32: the exact answer
+        with torch.inference_mode():
+            return net64(torch.from_numpy(x).double()).float().numpy()
+
+    floor = verify(exact, imported, "host", tolerance=0.0).max_rel_err
+    assert 0 < floor < 1e-5
+    off = 1 + 5e-5  # a wrong answer: farther off than any float32 floor
+    wrong = verify(lambda x: exact(x) * off, imported, "host")
+    assert not wrong.passed and wrong.float32_floor > 0 and wrong.bound == 1e-5
+    strict = verify(exact, imported, "host", tolerance=floor / 2)
+    assert not strict.passed and strict.float32_floor == 0
+
+
 def test_no_verify_records_none(tmp_path) -> None:
     result = run_cli("compile", *DCAC, "--target", "host", "--no-verify", "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)

@@ -146,7 +146,7 @@ def end_to_end(source: ModelSource, board: Board, log_dir: str | None,
     imported = stock.imported
     if imported.torch_module is None:
         raise UserError(f"{imported.name} has no PyTorch reference; use a zoo model")
-    database, _info, notes = open_database(board, imported.name, log_dir, None)
+    database, _info, notes = open_database(board, imported.name, log_dir, None, stock.lowering)
     variants, tasks, tuned_tasks = [], {}, {}
     for kind, prepared in (("stock", stock), ("fused", fused)):
         progress(f"{imported.name}: building {kind} (untuned and tuned)")
