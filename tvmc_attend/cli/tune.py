@@ -94,7 +94,8 @@ def tune_command(
         result = _with_progress(lambda on_progress: tune_model(
             source, board, tune_options, device=chosen, on_progress=on_progress,
             fuse_dcac=fuse_dcac))
-    console = Console()
+    # Off a terminal (a log file, CI), wide enough for whole task names.
+    console = Console(width=None if Console().is_terminal else 160)
     console.print(task_table(result, f"{result.model} on {result.board}"))
     console.print(summary_line(result))
     console.print(f"database: {result.database}")
