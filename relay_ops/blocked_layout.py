@@ -29,6 +29,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .blocked_conv import OP_PATTERN_OUT_ELEMWISE_FUSABLE, BlockedConv, blocked_conv_compute
 from .channel_layout import ChannelLayout
+from .exprs import op_name, static_shape, tensor_constant
 
 # Ops that work channel by channel, so their inputs and output share a layout.
 UNARY = {"relax.sigmoid", "relax.nn.relu", "relax.nn.silu", "relax.tanh", "relax.exp",
@@ -40,26 +41,6 @@ POOLS = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d"}
 MEAN = "relax.mean"
 CONV = "relax.nn.conv2d"
 DEFAULT_MAX_PADDING = 1.25
-
-
-def _op(expr: Any) -> str | None:
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return expr.op.name
-    return None
-
-
-def _shape(expr: Any) -> tuple[int, ...] | None:
-    values = getattr(getattr(expr.ty, "shape", None), "values", None)
-    if values is None or not all(isinstance(v, tvm.tirx.IntImm) for v in values):
-        return None
-    return tuple(int(v) for v in values)
-
-
-def _constant(expr: Any) -> np.ndarray | None:
-    if isinstance(expr, tvm.ir.expr.GenericConst) and \
-            isinstance(expr.value, tvm.runtime.Tensor):
-        return expr.value.numpy()
-    return None
 
 
 def _per_channel(arr: np.ndarray, channels: int) -> np.ndarray | None:
@@ -74,11 +55,11 @@ def _per_channel(arr: np.ndarray, channels: int) -> np.ndarray | None:
 
 def _is_float32_nchw_conv(call: relax.Call) -> bool:
     a = call.attrs
-    data = _shape(call.args[0])
+    data = static_shape(call.args[0])
     return (a.data_layout == "NCHW" and a.kernel_layout == "OIHW"
             and a.out_layout in ("NCHW", "") and str(call.ty.dtype) == "float32"
             and tuple(int(d) for d in a.dilation) == (1, 1) and data is not None
-            and len(data) == 4 and _constant(call.args[1]) is not None)
+            and len(data) == 4 and tensor_constant(call.args[1]) is not None)
 
 
 def _keeps_channels(call: relax.Call) -> bool:
@@ -138,31 +119,31 @@ def assign_layouts(func: relax.Function, blocks: Sequence[int],
     """A layout (None: NCHW) for every 4-D tensor of ``func``."""
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings
               if isinstance(b, relax.VarBinding)}
-    tensors = [v for v in [*func.params, *values] if (_shape(v) or ()) and len(_shape(v)) == 4]
+    tensors = [v for v in [*func.params, *values] if len(static_shape(v) or ()) == 4]
     four_d = set(tensors)
     sets = _Components()
     for var in tensors:
         value = values.get(var)
-        name = _op(value)
+        name = op_name(value)
         if name in UNARY or name in POOLS or (name == MEAN and _keeps_channels(value)):
             if value.args[0] in four_d:
                 sets.union(var, value.args[0])
         elif name in BINARY:
             for arg in value.args:
-                if arg in four_d and _shape(arg)[1] == _shape(var)[1]:
+                if arg in four_d and static_shape(arg)[1] == static_shape(var)[1]:
                     sets.union(var, arg)
     constraints = {}
     for var in tensors:
-        constraints.setdefault(sets.find(var), _Constraints(_shape(var)[1]))
+        constraints.setdefault(sets.find(var), _Constraints(static_shape(var)[1]))
     for var in tensors:
         value = values.get(var)
-        if _op(value) == CONV and _is_float32_nchw_conv(value):
+        if op_name(value) == CONV and _is_float32_nchw_conv(value):
             groups = int(value.attrs.groups)
             for tensor in (value.args[0], var):
                 found = constraints[sets.find(tensor)]
                 found.convs += 1
                 if groups > 1:
-                    found.groups.add((groups, _shape(tensor)[1] // groups))
+                    found.groups.add((groups, static_shape(tensor)[1] // groups))
     chosen = {root: choose_layout(c, blocks, max_padding) for root, c in constraints.items()}
     # The function's inputs arrive in NCHW (a 3-channel image is not worth blocking).
     for param in func.params:
@@ -220,7 +201,7 @@ class _Rewriter:
 
     def binding(self, var: Any, value: Any) -> None:
         layout = self.layouts.get(var)
-        name = _op(value)
+        name = op_name(value)
         result = None
         if layout is not None:
             if name == CONV and _is_float32_nchw_conv(value):
@@ -242,14 +223,14 @@ class _Rewriter:
 
     def _conv(self, var: Any, call: relax.Call, layout: ChannelLayout) -> Any:
         data = call.args[0]
-        n, c, h, w = _shape(data)
+        n, c, h, w = static_shape(data)
         source = self.layouts.get(data) or ChannelLayout(c)
         a = call.attrs
         conv = BlockedConv(batch=n, height=h, width=w, in_layout=source, out_layout=layout,
-                           groups=int(a.groups), kernel=tuple(_shape(call.args[1])[2:]),
+                           groups=int(a.groups), kernel=tuple(static_shape(call.args[1])[2:]),
                            strides=tuple(int(s) for s in a.strides),
                            padding=tuple(int(p) for p in a.padding))
-        weight = relax.const(conv.pack_weight(_constant(call.args[1])))
+        weight = relax.const(conv.pack_weight(tensor_constant(call.args[1])))
         inp = self.in_layout(data, source) if source.blocked else self.nchw(data)
         self.blocked_convs += 1
         return self.bb.call_te(
@@ -265,7 +246,7 @@ class _Rewriter:
                       dilation=[int(v) for v in a.dilation], ceil_mode=bool(a.ceil_mode),
                       layout=f"NCHW{layout.block}c")
         data = self.in_layout(call.args[0], layout)
-        if _op(call) == "relax.nn.avg_pool2d":
+        if op_name(call) == "relax.nn.avg_pool2d":
             return relax.op.nn.avg_pool2d(data, count_include_pad=bool(a.count_include_pad),
                                           **kwargs)
         return relax.op.nn.max_pool2d(data, **kwargs)
@@ -274,14 +255,14 @@ class _Rewriter:
         """The op on blocked tensors. Pad channels must stay finite (a conv weighs them with
         zero, and 0 x inf is NaN): a scalar stays a scalar, a per-channel divisor is packed
         with ones, and a tensor is never divided by a blocked tensor (whose pads may be 0)."""
-        divide = _op(call) == "relax.divide"
+        divide = op_name(call) == "relax.divide"
         args = []
         for i, arg in enumerate(call.args):
             divisor = divide and i == 1
             if self.layouts.get(arg) == layout and not divisor:
                 args.append(self.in_layout(arg, layout))
                 continue
-            arr = _constant(arg)
+            arr = tensor_constant(arg)
             if arr is not None and arr.size == 1:
                 args.append(arg)
                 continue

@@ -30,32 +30,18 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .dcac_op import Conv, DCACSpec, Pool, dcac_prim_func, pack_weights
+from .exprs import op_name, static_shape, tensor_constant
 
 
 class _NoMatch(Exception):
     """A candidate is not a DC-AC block we can fuse (the message says why)."""
 
 
-def _op_name(expr: Any) -> str | None:
-    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-        return expr.op.name
-    return None
-
-
 def _static_shape(expr: Any) -> tuple[int, ...]:
-    ty = expr.ty
-    values = getattr(getattr(ty, "shape", None), "values", None)
-    if values is None or not all(isinstance(d, tvm.tirx.IntImm) for d in values):
+    shape = static_shape(expr)
+    if shape is None:
         raise _NoMatch("a tensor in the block has no static shape")
-    return tuple(int(d) for d in values)
-
-
-def _tensor_constant(expr: Any) -> np.ndarray | None:
-    """The data of a tensor constant (TVM 0.27: ``GenericConst`` holding a Tensor), else None."""
-    if isinstance(expr, tvm.ir.expr.GenericConst) and \
-            isinstance(expr.value, tvm.runtime.Tensor):
-        return expr.value.numpy()
-    return None
+    return shape
 
 
 def _ints(values: Any) -> tuple[int, ...]:
@@ -93,7 +79,7 @@ class _Function:
     def producer(self, expr: Any, *ops: str) -> relax.Call:
         """The call that binds ``expr``, which must be one of ``ops``."""
         value = self.value.get(expr) if isinstance(expr, relax.Var) else None
-        name = _op_name(value)
+        name = op_name(value)
         if name not in ops:
             found = name or type(value if value is not None else expr).__name__
             raise _NoMatch(f"expected {' or '.join(ops)}, found {found}")
@@ -189,10 +175,10 @@ class _Matcher:
     def _bias(self, var: Any, m: _Match) -> tuple[Any, np.ndarray | None]:
         """``var`` = x + b (either order) -> (x, b); otherwise (var, None)."""
         value = self.fn.value.get(var) if isinstance(var, relax.Var) else None
-        if _op_name(value) != "relax.add":
+        if op_name(value) != "relax.add":
             return var, None
         lhs, rhs = value.args
-        if _tensor_constant(lhs) is not None:
+        if tensor_constant(lhs) is not None:
             lhs, rhs = rhs, lhs
         m.inner.append(var)
         return lhs, self._constant(rhs, "a bias")
@@ -201,11 +187,11 @@ class _Matcher:
         """``var`` = silu(x), as nn.silu or x * sigmoid(x) (either order) -> x."""
         value = self.fn.producer(var, "relax.nn.silu", "relax.multiply")
         m.inner.append(var)
-        if _op_name(value) == "relax.nn.silu":
+        if op_name(value) == "relax.nn.silu":
             return value.args[0]
         for gate, x in (value.args, value.args[::-1]):
             sig = self.fn.value.get(gate) if isinstance(gate, relax.Var) else None
-            if _op_name(sig) == "relax.sigmoid" and sig.args[0].same_as(x):
+            if op_name(sig) == "relax.sigmoid" and sig.args[0].same_as(x):
                 m.inner.append(gate)
                 return x
         raise _NoMatch("expected SiLU (x * sigmoid(x)), found another multiply")
@@ -220,25 +206,25 @@ class _Matcher:
             consumer = self._only_consumer(node, "relax.multiply", "relax.add")
             call = self.fn.value[consumer]
             other = call.args[1] if call.args[0].same_as(node) else call.args[0]
-            if _op_name(call) == "relax.add":
+            if op_name(call) == "relax.add":
                 if not other.same_as(v):
                     raise _NoMatch("the residual add does not add the block's input")
                 break
             m.inner.append(consumer)
             leaves.extend(self._product_leaves(other, m))
             node = consumer
-        scale = [leaf for leaf in leaves if _tensor_constant(leaf) is not None]
+        scale = [leaf for leaf in leaves if tensor_constant(leaf) is not None]
         inputs = [leaf for leaf in leaves if isinstance(leaf, relax.Var) and leaf.same_as(v)]
         if len(leaves) != 3 or len(scale) != 1 or len(inputs) != 1:
             raise _NoMatch("the gate is not V * sigmoid(A) * S with a constant scale S")
-        m.weights["s"] = _tensor_constant(scale[0])
+        m.weights["s"] = tensor_constant(scale[0])
         return consumer
 
     def _product_leaves(self, expr: Any, m: _Match) -> list[Any]:
         """Leaves of a product subtree private to the block (e.g. the ``S * V`` of
         ``(S * V) * g``)."""
         value = self.fn.value.get(expr) if isinstance(expr, relax.Var) else None
-        if _op_name(value) == "relax.multiply" and self.fn.uses.get(expr, 0) == 1:
+        if op_name(value) == "relax.multiply" and self.fn.uses.get(expr, 0) == 1:
             m.inner.append(expr)
             return [leaf for arg in value.args for leaf in self._product_leaves(arg, m)]
         return [expr]
@@ -253,7 +239,7 @@ class _Matcher:
 
     @staticmethod
     def _constant(expr: Any, what: str) -> np.ndarray:
-        value = _tensor_constant(expr)
+        value = tensor_constant(expr)
         if value is None:
             raise _NoMatch(f"{what} is not a constant (bind the parameters first)")
         return value
@@ -314,7 +300,7 @@ class FuseDCAC:
         for gv, func in funcs:
             fn = _Function(func)
             for var, value in fn.value.items():
-                if _op_name(value) != "relax.image.resize2d":
+                if op_name(value) != "relax.image.resize2d":
                     continue
                 try:
                     rewriter.add_match(*_Matcher(fn).match(var))
