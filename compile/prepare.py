@@ -198,18 +198,18 @@ def _keep_generic_rules_off(mod: Any) -> Any:
     generic rule on the epilogue or the root would re-tile or re-parallelise its loops."""
     from tvm.s_tir import Schedule
 
+    from tvmc_attend.schedules.default import operator_rule
+
     updated = None
     for gvar, func in mod.functions_items():
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
         sch = Schedule(func)
-        root = sch.get_sblock("root")
-        blocks = sch.get_child_blocks(root)
-        rules = [sch.get(b).annotations.get("schedule_rule") for b in blocks]
-        if BLOCKED_CONV_RULE not in [str(r) for r in rules if r is not None]:
+        if operator_rule(sch) != BLOCKED_CONV_RULE:
             continue
-        for block, rule in zip([root, *blocks], [None, *rules], strict=True):
-            if rule is None:
+        root = sch.get_sblock("root")
+        for block in [root, *sch.get_child_blocks(root)]:
+            if sch.get(block).annotations.get("schedule_rule") is None:
                 sch.annotate(block, "schedule_rule", "None")
         if updated is None:
             updated = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)

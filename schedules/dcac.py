@@ -27,6 +27,7 @@ Per-ISA numbers (lanes, registers) come from ``dcac_isa``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 from tvmc_attend.relay_ops.dcac_op import OUTPUT_BLOCK
 
 from .dcac_isa import DCACIsa
-from .knobs import FixedKnobs, Knobs, SampledKnobs, largest_divisor
+from .knobs import FixedKnobs, Knobs, SampledKnobs, design_spaces, largest_divisor
 
 # The structural choice of the sketch: where the condensed tail is computed.
 TAIL_AT_ROOT = "root"
@@ -221,14 +222,6 @@ def custom_rule(isa: DCACIsa) -> ScheduleFn:
     plus the untuned default as a fixed space, so the search measures the default early and a
     tuned build is never slower than the untuned one (as far as the measurements tell)."""
     spaces = [(tail, SampledKnobs()) for tail in TAIL_PLACEMENTS] + [(DEFAULT_TAIL, FixedKnobs())]
-
-    def apply(sch: Any, _block: Any) -> list[Any]:
-        result = []
-        for tail, knobs in spaces:
-            space = sch.copy()
-            space.seed(sch.fork_seed())
-            schedule_dcac(space, isa, knobs, tail)
-            result.append(space)
-        return result
-
-    return apply
+    sketches = [functools.partial(schedule_dcac, isa=isa, knobs=knobs, tail=tail)
+                for tail, knobs in spaces]
+    return lambda sch, _block: design_spaces(sch, sketches)

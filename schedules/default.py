@@ -33,11 +33,9 @@ DEFAULTS: dict[str, DefaultSchedule] = {
 }
 
 
-def operator_rule(func: Any) -> str | None:
-    """The rule name of the operator ``func`` holds (a key of ``DEFAULTS``), if any."""
-    from tvm.s_tir import Schedule
-
-    sch = Schedule(func)
+def operator_rule(sch: Any) -> str | None:
+    """The rule name of the operator the function of ``sch`` holds (a key of ``DEFAULTS``),
+    if any."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         rule = sch.get(block).annotations.get("schedule_rule")
         if rule is not None and str(rule) in DEFAULTS:
@@ -50,10 +48,10 @@ def default_schedule(func: Any, target: Any) -> Any:
     when it holds none of our operators."""
     from tvm.s_tir import Schedule
 
-    rule = operator_rule(func)
+    sch = Schedule(func)
+    rule = operator_rule(sch)
     if rule is None:
         return func
-    sch = Schedule(func)
     DEFAULTS[rule](sch, target)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 

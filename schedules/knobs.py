@@ -3,6 +3,7 @@ untuned default). Every operator sketch in this package takes a ``Knobs``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 UNROLL_STEPS = (0, 16, 64)
@@ -52,3 +53,15 @@ class FixedKnobs(Knobs):
 
     def unroll(self, sch: Any, root: Any) -> None:
         pass
+
+
+def design_spaces(sch: Any, sketches: Sequence[Callable[[Any], Any]]) -> list[Any]:
+    """One MetaSchedule design space per sketch: each applied to its own copy of ``sch``,
+    seeded from it (what a custom rule returns)."""
+    spaces = []
+    for sketch in sketches:
+        space = sch.copy()
+        space.seed(sch.fork_seed())
+        sketch(space)
+        spaces.append(space)
+    return spaces

@@ -15,7 +15,7 @@ from tvmc_attend.relay_ops.dcac_op import SCHEDULE_RULE as DCAC_RULE
 from .blocked_conv import schedule_blocked_conv
 from .dcac import custom_rule as dcac_rule
 from .dcac_isa import ISAS
-from .knobs import FixedKnobs, SampledKnobs
+from .knobs import FixedKnobs, SampledKnobs, design_spaces
 
 TARGET_KEYS = ("arm_cpu", "cpu")
 
@@ -29,13 +29,8 @@ def blocked_conv_rule(sch: Any, _block: Any) -> list[Any]:
     """The blocked conv's design spaces: the sampled sketch, and the untuned default as a
     fixed space (so the search measures it early: a tuned build is never slower than the
     default, as far as measurements tell)."""
-    spaces = []
-    for knobs in (SampledKnobs(), FixedKnobs()):
-        space = sch.copy()
-        space.seed(sch.fork_seed())
-        schedule_blocked_conv(space, knobs)
-        spaces.append(space)
-    return spaces
+    return design_spaces(sch, [lambda space: schedule_blocked_conv(space, SampledKnobs()),
+                               lambda space: schedule_blocked_conv(space, FixedKnobs())])
 
 
 def register_rules() -> None:
