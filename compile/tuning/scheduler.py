@@ -52,14 +52,12 @@ def latency_share_pick(states: Sequence[Any], alive: Sequence[int], first_round:
 @derived_object
 class LatencyShareScheduler(PyTaskScheduler):
     """A MetaSchedule task scheduler over ``states`` (one TaskState per task, kept current by
-    the progress callback: ``done``, ``best_ms``, ``batches``); ``caps``: most trials (done,
-    records included) per task;
-    ``batch``: candidates per search round."""
+    the progress callback: ``done``, ``best_ms``, ``batches``; ``budget``: its most trials,
+    records included); ``batch``: candidates per search round."""
 
-    def __init__(self, states: Sequence[Any], caps: Sequence[int], batch: int) -> None:
+    def __init__(self, states: Sequence[Any], batch: int) -> None:
         super().__init__()
         self.states = list(states)
-        self.caps = list(caps)
         self.batch = batch  # candidates per search round
         # batches joined when the task was last sent one
         self._sent_at: list[int | None] = [None] * len(self.states)
@@ -74,7 +72,7 @@ class LatencyShareScheduler(PyTaskScheduler):
             if not tasks[i].is_terminated and self._in_flight(i):
                 _ffi_api.TaskSchedulerTouchTask(outer, i)
         alive = [i for i in range(len(self.states))
-                 if not tasks[i].is_terminated and self.states[i].done < self.caps[i]]
+                 if not tasks[i].is_terminated and self.states[i].done < self.states[i].budget]
         if not alive:
             return -1
         in_flight = [i for i in alive if self._in_flight(i)]

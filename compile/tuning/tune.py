@@ -343,8 +343,7 @@ def _tune_pending(extracted: list[Any], plan: TuningPlan, board: Board, options:
             extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
             num_tuning_cores=len(os.sched_getaffinity(0))),
         measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
-        task_scheduler=LatencyShareScheduler(states, [s.budget for s in states],
-                                             plan.per_round),
+        task_scheduler=LatencyShareScheduler(states, plan.per_round),
     )
 
 
