@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static binfmt-support debootstrap)
+# qemu-user-static runs the emulated boards; qemu-user (the dynamic build) is the one that
+# loads TCG plugins, for counting (tune --counted, run --counted).
+APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static qemu-user binfmt-support debootstrap)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -43,3 +45,6 @@ fi
 # Editable install is cheap; always redo it so the venv points at this clone.
 .venv/bin/pip install -q --no-deps --no-build-isolation -e . >/tmp/tvmc-attend-pip-e.log 2>&1 || { cat /tmp/tvmc-attend-pip-e.log; exit 1; }
 .venv/bin/python -c "import tvmc_attend" || { echo "setup: tvmc_attend failed to import" >&2; exit 1; }
+# The counting plugin (C, ~1 s), cached under $CACHE by its source's hash.
+.venv/bin/python -c "from tvmc_attend.device.counting.plugin import plugin_path; plugin_path()" \
+  || { echo "setup: building the counting plugin failed" >&2; exit 1; }

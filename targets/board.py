@@ -2,20 +2,53 @@
 
 A preset is everything the pipeline needs to know about a board: the TVM target (as a dict,
 since TVM 0.27 no longer parses target strings), the cross compiler, the RPC key under which
-its devices register, its thread count, and the CPU model qemu should emulate for it.
+its devices register, its thread count, the CPU model qemu should emulate for it, and (for
+tuning by counting) a model of one core: its data caches and the cost of a miss at each.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
 from tvmc_attend.errors import UserError
 
 _PRESET_PACKAGE = "tvmc_attend.targets"
+
+
+@dataclass(frozen=True)
+class CacheLevel:
+    """One data cache level of a core: geometry, and what a miss here costs (the load-to-use
+    latency of the next level, or of DRAM after the last level), in core cycles."""
+
+    bytes: int
+    ways: int
+    miss_cycles: float
+
+
+@dataclass(frozen=True)
+class CoreModel:
+    """The counted cost of one core (``device.counting``): cycles ~= instructions / ipc + sum
+    over levels of misses x miss_cycles. Approximate published figures, with their source; it
+    ranks schedules, it is not a latency."""
+
+    ipc: float
+    line_bytes: int
+    caches: tuple[CacheLevel, ...]
+    source: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CoreModel:
+        return cls(ipc=float(data["ipc"]), line_bytes=int(data["line_bytes"]),
+                   caches=tuple(CacheLevel(**level) for level in data["caches"]),
+                   source=str(data["source"]))
+
+    def cycles(self, instructions: int, misses: tuple[int, ...]) -> float:
+        return instructions / self.ipc + sum(
+            n * level.miss_cycles for n, level in zip(misses, self.caches, strict=False))
 
 
 @dataclass(frozen=True)
@@ -27,6 +60,7 @@ class Board:
     rpc_key: str | None = None
     threads: int | None = None
     qemu_cpu: str | None = None
+    core_model: CoreModel | None = field(default=None, hash=False)
 
     @property
     def is_remote(self) -> bool:
@@ -65,6 +99,7 @@ class Board:
             "rpc_key": self.rpc_key,
             "threads": self.threads,
             "qemu_cpu": self.qemu_cpu,
+            "core_model": asdict(self.core_model) if self.core_model else None,
         }
 
 
@@ -74,6 +109,8 @@ def _load_presets() -> dict[str, Board]:
                         key=lambda p: (p.name != "host.json", p.name)):
         if entry.name.endswith(".json"):
             data = json.loads(entry.read_text())
+            if data.get("core_model"):
+                data["core_model"] = CoreModel.from_json(data["core_model"])
             boards[data["name"]] = Board(**data)
     return boards
 
