@@ -58,9 +58,12 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
         warnings.append(f"{db_dir.path} was tuned on an emulated board: its schedules were "
                         "chosen by emulated timings; retune on a real "
                         f"{board.name} for deployment")
+    extra = {"devices": info.devices, "lowering": info.lowering,
+             "measured_by": info.measured_by}
+    if info.counted and info.core_model:
+        extra["counted_on"] = info.core_model.get("qemu_cpu")
     tuning = TuningInfo(tuned=records > 0, database=db_dir.path, records=records,
-                        emulated=info.emulated,
-                        extra={"devices": info.devices, "lowering": info.lowering})
+                        emulated=info.emulated, extra=extra)
     return database, tuning, warnings
 
 

@@ -4,7 +4,11 @@ MetaSchedule's database ignores the target when it looks records up (upstream is
 so a database tuned for one board would silently be applied to another. We keep one database
 directory per (target, model) under ``tuning_logs/<target>/<model>/`` and record, in
 ``tuning.json`` beside MetaSchedule's two files, which target, model and input shapes it was
-tuned for and whether the measurements came from an emulated board.
+tuned for, whether the measurements came from an emulated board, and whether they are
+timings at all: ``measured_by: counted`` marks a database tuned by counting on an emulated core
+(``tune --counted``), whose "seconds" are counted cycles x 1e-9. The two never mix: a timed run
+on a counted database sets the counted records aside (``counted/``) and starts afresh, and a
+counted run refuses a timed database.
 
 A writer (``tune``) holds the directory's lock (``lock.py``) for its whole run. Opening checks
 every line of MetaSchedule's two files (``database_check.py``); under the lock the files are
@@ -31,6 +35,8 @@ from .lock import DatabaseLock
 
 INFO_FILE = "tuning.json"
 DEFAULT_LOG_DIR = "tuning_logs"
+COUNTED, TIMED = "counted", "timed"
+COUNTED_ASIDE = "counted"  # where a timed run moves the counted records it takes over from
 
 
 def _canonical(target: dict[str, Any]) -> str:
@@ -59,6 +65,14 @@ class DatabaseInfo:
     # how the model was lowered into tasks (compile.prepare: layout and version); its records
     # apply only to a build lowered alike. Empty: written before it was recorded.
     lowering: str = ""
+    # "timed" (a device's clock) or "counted" (counted cost on an emulated core, a unit of
+    # its own); with "counted", the board's core model it was counted with
+    measured_by: str = "timed"
+    core_model: dict[str, Any] | None = None
+
+    @property
+    def counted(self) -> bool:
+        return self.measured_by == COUNTED
 
 
 class TuningDatabase:
@@ -113,10 +127,27 @@ class TuningDatabase:
                 f"its records would not apply; retune into a new --log-dir{hint}")
         return info
 
+    def check_measured_by(self, measured_by: str) -> None:
+        """A counted run may not write into a database of timings (the units would mix)."""
+        if measured_by == COUNTED and self.exists() and not self.read_info().counted:
+            raise UserError(f"tuning database {self.path} holds timings from a device; counted "
+                            "costs are another unit and must not mix with them: tune by "
+                            "counting into another --log-dir")
+
+    def _set_aside_counted(self, warn: Callable[[str], None]) -> None:
+        """A timed run takes over a counted database: move its files into ``counted/``."""
+        aside = os.path.join(self.path, COUNTED_ASIDE)
+        os.makedirs(aside, exist_ok=True)
+        for name in (WORKLOAD_FILE, RECORD_FILE, INFO_FILE):
+            if os.path.exists(os.path.join(self.path, name)):
+                os.replace(os.path.join(self.path, name), os.path.join(aside, name))
+        warn(f"{self.path} was tuned by counting; this run's timings on a device replace it "
+             f"(the counted records are kept in {aside})")
+
     def open(self, board: Board, model: str, create: bool = False,
              emulated: bool = False, device: str | None = None,
              input_shape: tuple[int, ...] | None = None, lowering: str | None = None,
-             warn: Callable[[str], None] = _warn) -> Any:
+             measured_by: str = TIMED, warn: Callable[[str], None] = _warn) -> Any:
         """Open the MetaSchedule JSONDatabase.
 
         ``create``: to write to (tune). The directory and identity are created if needed,
@@ -125,7 +156,8 @@ class TuningDatabase:
         long as it appends). Otherwise read-only (compile): nothing is written, the database
         is loaded from a checked copy of the files and must not be committed to.
         ``lowering``: what the tasks must have been lowered as (see ``check_target``); a new
-        database records it."""
+        database records it. ``measured_by``: what the writer measures with (see the module
+        docstring for how timed and counted databases meet)."""
         import tvm
         from tvm.s_tir import meta_schedule as ms
 
@@ -143,13 +175,20 @@ class TuningDatabase:
             return check.load()
 
         with self.lock():
+            self.check_measured_by(measured_by)
+            if self.exists() and measured_by == TIMED and self.read_info().counted:
+                self._set_aside_counted(warn)
             if self.exists():
                 info = self.check_target(board, lowering)
             else:
                 os.makedirs(self.path, exist_ok=True)
                 info = DatabaseInfo(model=model, target_name=board.name,
                                     target=board.resolved_target_dict(), emulated=emulated,
-                                    tvm_version=tvm.__version__, lowering=lowering or "")
+                                    tvm_version=tvm.__version__, lowering=lowering or "",
+                                    measured_by=measured_by)
+                if measured_by == COUNTED and board.core_model is not None:
+                    info.core_model = {"qemu_cpu": board.qemu_cpu,
+                                       **asdict(board.core_model)}
             info.emulated = info.emulated or emulated
             if device and device not in info.devices:
                 info.devices.append(device)

@@ -1,4 +1,5 @@
-"""Where tuning candidates are built and measured: this host, or boards over TVM RPC.
+"""Where tuning candidates are built and measured: this host, boards over TVM RPC, or an
+emulated core that counts instead of timing (``counting_runner``).
 
 Candidates are always built on this machine (cross-compiled to .so for boards); a board needs
 only the TVM runtime. With a tracker, every free device registered under the key measures in
@@ -56,6 +57,7 @@ class MeasureEnvironment:
     remote: bool
     stop: StopFlag
     measured: MeasuredCandidates
+    counting: Any = None  # the CountingRunner when candidates are counted, to close
 
     def progress_callback(self, states: list, result: Any,
                           on_progress: Callable | None, start: float) -> Any:
@@ -64,6 +66,8 @@ class MeasureEnvironment:
 
     def close(self) -> None:
         self.builder.close()
+        if self.counting is not None:
+            self.counting.close()
 
 
 def _evaluator_config(board: Board) -> Any:
@@ -77,9 +81,18 @@ def _evaluator_config(board: Board) -> Any:
 
 def make_measure_environment(board: Board, remote: RemoteSpec | None,
                              measured: MeasuredCandidates, stop: StopFlag,
-                             workers: int = 1) -> MeasureEnvironment:
-    """Builder and runner for ``board``: on this host, or on the board ``remote`` reaches
-    (``workers`` devices measuring in parallel)."""
+                             workers: int = 1, counted: bool = False) -> MeasureEnvironment:
+    """Builder and runner for ``board``: on this host, on the board ``remote`` reaches
+    (``workers`` devices measuring in parallel), or (``counted``) counted on an emulated core
+    of the board."""
+    if counted:
+        from .counting_runner import CountingRunner
+
+        counting = CountingRunner(board)
+        builder = SharedLibraryBuilder(cross_compiler=board.cross_compiler, measured=measured,
+                                       stop=stop)
+        return MeasureEnvironment(builder, ReplayingRunner(counting, measured), remote=False,
+                                  stop=stop, measured=measured, counting=counting)
     if remote is None:
         inner = ms.runner.LocalRunner(evaluator_config=_evaluator_config(board), timeout_sec=60)
         builder = SharedLibraryBuilder(cross_compiler=None, measured=measured, stop=stop)

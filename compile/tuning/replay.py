@@ -64,16 +64,19 @@ class MeasuredCandidates:
 
 
 @derived_object
-class _DoneFuture(PyRunnerFuture):
-    def __init__(self, run_secs: list[float]) -> None:
+class DoneFuture(PyRunnerFuture):
+    """A runner result known at once: recorded run times, or an error message."""
+
+    def __init__(self, run_secs: list[float] | None, error: str | None = None) -> None:
         super().__init__()
         self.run_secs = run_secs
+        self.error = error
 
     def done(self) -> bool:
         return True
 
     def result(self) -> RunnerResult:
-        return RunnerResult(self.run_secs, None)
+        return RunnerResult(self.run_secs, self.error)
 
 
 @derived_object
@@ -90,7 +93,7 @@ class ReplayingRunner(PyRunner):
                  if inp.artifact_path not in self.measured.replayed]
         fresh_futures = iter(self.inner.run(fresh) if fresh else [])
         return [
-            _DoneFuture(self.measured.replayed.pop(inp.artifact_path))
+            DoneFuture(self.measured.replayed.pop(inp.artifact_path))
             if inp.artifact_path in self.measured.replayed else next(fresh_futures)
             for inp in runner_inputs
         ]

@@ -32,7 +32,7 @@ from ..prepare import (
     lowering_of,
     prepare_model,
 )
-from .database import TuningDatabase, count_records
+from .database import COUNTED, TIMED, TuningDatabase, count_records
 from .intrinsics import load_tensor_intrinsics
 from .measure import MeasureEnvironment, make_measure_environment
 from .replay import MeasuredCandidates
@@ -104,6 +104,9 @@ class TuneResult:
     emulated: bool = False
     device: str = "local"
     budget: int = 0
+    # counted on an emulated core: every "ms" below is then Mcycles of counted cost (see
+    # counting_runner.CYCLE_SECS), never a latency
+    counted: bool = False
 
     @property
     def trials_per_minute(self) -> float:
@@ -122,15 +125,20 @@ class TuneResult:
         return task.weight * task.best_ms / total if total and task.best_ms else None
 
     def as_json(self) -> dict[str, Any]:
+        # Counted costs are named as what they are, never as milliseconds or GFLOP/s.
+        best, total = ("best_counted_mcycles", "counted_mcycles") if self.counted else \
+            ("best_ms", "estimated_ms")
         return {
             "model": self.model, "target": self.board, "database": self.database,
-            "device": self.device, "emulated": self.emulated, "budget": self.budget,
+            "device": self.device, "emulated": self.emulated,
+            "measured_by": "counted" if self.counted else "timed", "budget": self.budget,
             "new_trials": self.new_trials, "seconds": round(self.seconds, 1),
             "trials_per_minute": round(self.trials_per_minute, 1),
-            "estimated_ms": self.estimated_ms, "stopped": self.stopped,
+            total: self.estimated_ms, "stopped": self.stopped,
             "tasks": [{"task": t.name, "flops": t.flops, "calls": t.weight,
-                       "best_ms": t.best_ms, "gflops": t.gflops, "share": self.share(t),
-                       "trials": t.done, "new_trials": t.measured, "errors": t.errors}
+                       best: t.best_ms, **({} if self.counted else {"gflops": t.gflops}),
+                       "share": self.share(t), "trials": t.done, "new_trials": t.measured,
+                       "errors": t.errors}
                       for t in self.tasks],
         }
 
@@ -202,6 +210,7 @@ def tune_model(source: ModelSource, board: Board, options: TuneOptions,
     db_dir = TuningDatabase.for_model(options.log_dir, board, source.name)
     if db_dir.exists():
         db_dir.check_target(board, lowering_of(options.layout))
+        db_dir.check_measured_by(_measured_by(device))
     with db_dir.lock(wait=options.wait):  # before the import: --no-wait answers at once
         prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=options.layout,
                                  board=board)
@@ -270,12 +279,12 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
     database = db_dir.open(board, prepared.imported.name, create=True,
                            emulated=device.emulated, device=device.description,
                            input_shape=prepared.imported.input_shape,
-                           lowering=prepared.lowering)
+                           lowering=prepared.lowering, measured_by=_measured_by(device))
     task_mods = [task.dispatched[0] for task in extracted]
     plan = plan_budgets(extracted, task_mods, database, options)
     result = TuneResult(model=prepared.imported.name, board=board.name, database=db_dir.path,
                         tasks=plan.states, emulated=device.emulated,
-                        device=device.description,
+                        device=device.description, counted=device.counted,
                         budget=min(options.trials, sum(s.budget for s in plan.states)))
     if plan.pending and plan.remaining:
         log_dir = os.path.join(db_dir.path, "logs")
@@ -305,6 +314,10 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
     return result
 
 
+def _measured_by(device: DeviceChoice) -> str:
+    return COUNTED if device.counted else TIMED
+
+
 def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any],
                         device: DeviceChoice, workers: int, log_dir: str) -> MeasureEnvironment:
     """Everything MetaSchedule needs before its first candidate: quiet logs, the board's
@@ -314,7 +327,8 @@ def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any],
     load_tensor_intrinsics(board)
     register_rules()  # the fused DC-AC operator's design spaces
     measured = MeasuredCandidates.from_database(database, pending_mods)
-    return make_measure_environment(board, device.spec, measured, StopFlag(), workers=workers)
+    return make_measure_environment(board, device.spec, measured, StopFlag(), workers=workers,
+                                    counted=device.counted)
 
 
 def _tune_pending(extracted: list[Any], plan: TuningPlan, board: Board, options: TuneOptions,

@@ -14,6 +14,8 @@ from .report import show_report
 if TYPE_CHECKING:
     from tvmc_attend.bench.benchmark import BenchmarkReport
     from tvmc_attend.bench.op_benchmark import DCACReport
+    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.targets import Board
 
 
 def report_table(report: BenchmarkReport) -> Table:
@@ -71,15 +73,70 @@ def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: 
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
-    if op != "dcac":
-        raise UserError(f"unknown operator '{op}' for --op; valid: dcac")
+    if op not in ("dcac", "counted-vs-timed"):
+        raise UserError(f"unknown operator '{op}' for --op; valid: dcac, counted-vs-timed")
     board = get_board(target)
     source = ModelSource(model=model or "attendnext", input_size=input_size, seed=seed)
+    if op == "counted-vs-timed":
+        _counted_vs_timed(board, source, trials, seed, json_path, keep)
+        return
     report = benchmark_dcac(board, trials=trials, repeat=rounds, seed=seed, model=source,
                             log_dir=log_dir, work_dir=keep,
                             progress=lambda m: typer.echo(m, err=True))
     show_report(report, dcac_tables(report), (report.end_to_end or {}).get("notes", []),
                 width=150, json_path=json_path)
+
+
+def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, seed: int,
+                      json_path: str | None, keep: str | None) -> None:
+    """`--op counted-vs-timed`: does the counted cost rank schedules as this host's clock?"""
+    from tvmc_attend.bench.counted import rank_check
+    from tvmc_attend.errors import UserError
+
+    if board.is_remote:
+        raise UserError("--op counted-vs-timed checks counting against this host's own clock: "
+                        "use --target host")
+    report = rank_check(source, candidates=candidates, seed=seed, work_dir=keep,
+                        progress=lambda m: typer.echo(m, err=True))
+    table = Table(title=f"counted cost vs time, {report.model} conv candidates on this host "
+                        f"(AVX2, 1 thread), {report.date}")
+    for col in ("task", "candidates", "Spearman"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for name, rho in report.per_task.items():
+        n = sum(1 for c in report.candidates if c["task"] == name)
+        table.add_row(name, str(n), f"{rho:.3f}")
+    table.add_row("pooled (all tasks)", str(len(report.candidates)), f"{report.pooled:.3f}")
+    show_report(report, [table], [], width=120, json_path=json_path)
+
+
+def _count_model(board: Board, source: ModelSource, log_dir: str | None, layout: str,
+                 json_path: str | None, keep: str | None) -> None:
+    """`benchmark --counted`: untuned vs tuned-by-counting, counted on the board's core."""
+    from tvmc_attend.bench.counted import count_model
+
+    report = count_model(source, board, log_dir=log_dir, layout=layout, work_dir=keep,
+                         progress=lambda m: typer.echo(m, err=True))
+    whole = Table(title=f"{report.model} on {report.board}: counted on an emulated "
+                        f"{report.qemu_cpu} core, one inference, {report.date} (Mcycles of the "
+                        "core model: a rank, not a latency)")
+    for col in ("variant", "instructions", "loads", "stores", "cache misses", "Mcycles",
+                "x untuned"):
+        whole.add_column(col, justify="left" if col == "variant" else "right")
+    for variant, row in report.whole.items():
+        whole.add_row(variant, f"{row['instructions']:,}", f"{row['loads']:,}",
+                      f"{row['stores']:,}", " / ".join(f"{m:,}" for m in row["misses"]),
+                      f"{row['mcycles']:,.1f}",
+                      f"{report.whole['untuned']['mcycles'] / row['mcycles']:.2f}x")
+    tasks = Table(title="per task (Mcycles per call; tuned: best counted record)")
+    for col in ("task", "calls", "untuned", "tuned", "x untuned"):
+        tasks.add_column(col, justify="left" if col == "task" else "right")
+    for row in report.tasks:
+        untuned, tuned = row.get("untuned_mcycles"), row.get("tuned_mcycles")
+        tasks.add_row(row["task"][:48], f"{row['calls']:g}",
+                      f"{untuned:.2f}" if untuned else row.get("untuned_error", "-")[:30],
+                      f"{tuned:.2f}" if tuned else "-",
+                      f"{untuned / tuned:.2f}x" if untuned and tuned else "-")
+    show_report(report, [whole, tasks], [], width=130, json_path=json_path)
 
 
 @options.with_device_flags
@@ -102,9 +159,15 @@ def benchmark_command(
     layout: str = options.LAYOUT,
     op: str | None = typer.Option(
         None, "--op", help="Benchmark an operator instead: 'dcac' (stock Relax fusion vs our "
-        "fused DC-AC, per AttendNeXt stage and end to end; host only)."),
+        "fused DC-AC, per AttendNeXt stage and end to end; host only) or 'counted-vs-timed' "
+        "(how the counted cost of sampled conv schedules ranks against their time here)."),
     trials: int = typer.Option(64, "--trials", min=1,
-                               help="With --op: tuning trials for each block variant."),
+                               help="With --op dcac: tuning trials for each block variant; "
+                                    "with --op counted-vs-timed: candidates per conv task."),
+    counted: bool = typer.Option(
+        False, "--counted",
+        help="Count one inference of the untuned and the tuned-by-counting bundle (and each "
+             "task) on an emulated core of the board, instead of timing (see `tune --counted`)."),
     device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
@@ -123,6 +186,11 @@ def benchmark_command(
                         "(or --op dcac)")
     board = get_board(target)
     source = options.model_source(model, input_size, input_shape, checkpoint, seed)
+    if counted:
+        if device.given:
+            raise UserError("--counted counts on an emulated core: drop --rpc-*/--emulate")
+        _count_model(board, source, log_dir, layout, json_path, keep)
+        return
     report = benchmark.run_benchmark(
         source, board, device=device.choose(board), rounds=rounds, runs_per_round=runs_per_round,
         log_dir=log_dir, work_dir=keep, fuse_dcac=fuse_dcac, layout=layout,

@@ -69,7 +69,7 @@ def compile_command(
     start = time.perf_counter()
     meta = compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,
                           database_dir=database, fuse_dcac=fuse_dcac, layout=layout,
-                            verify=check,
+                          verify=check,
                           warn=lambda m: typer.echo(f"warning: {m}", err=True)).metadata
     elapsed = time.perf_counter() - start
     how = f"tuned, {meta.tuning.records} records" if meta.tuned else "untuned"
@@ -79,6 +79,11 @@ def compile_command(
     typer.echo(f"  input {meta.input.name} {list(meta.input.shape)} {meta.input.dtype}, output "
                f"{list(meta.output.shape)}, library {meta.library_file} sha256 "
                f"{meta.library_sha256[:16]}...")
+    if meta.tuned and meta.tuning.extra.get("measured_by") == "counted":
+        typer.echo(f"  tuned by counting on an emulated {meta.tuning.extra.get('counted_on')} "
+                   f"core (instructions and simulated cache misses), not measured on a "
+                   f"{board.name}: retune on a board (`tvmc-attend tune --rpc-tracker ...`) "
+                   "for schedules chosen by its clock")
     if meta.verified is not None:
         typer.echo(f"  verified against {meta.verified.reference} on {meta.verified.where}: max "
                    f"relative error {meta.verified.max_rel_err:.1e} (tolerance "

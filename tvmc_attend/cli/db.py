@@ -42,11 +42,14 @@ def check_command(
     check = database.check(deep=deep, repair=repair, wait=not no_wait)
 
     shapes = ", ".join(_shape(s) for s in info.input_shapes) or "not recorded"
+    if info.counted:
+        cpu = (info.core_model or {}).get("qemu_cpu", "?")
+        how = f"counted (not timed) on an emulated {cpu} core"
+    else:
+        how = f"{'emulated' if info.emulated else 'measured'} on {', '.join(info.devices) or '?'}"
     print(f"database: {database.path}")
     print(f"identity: {info.model} for {info.target_name} {json.dumps(info.target)}; input "
-          f"shapes {shapes}; {'emulated' if info.emulated else 'measured'} on "
-          f"{', '.join(info.devices) or '?'}; TVM {info.tvm_version or '?'}; updated "
-          f"{info.updated}")
+          f"shapes {shapes}; {how}; TVM {info.tvm_version or '?'}; updated {info.updated}")
     if holder:
         print(f"in use by {holder}: a torn last line may be a write in progress")
     print(f"workloads: {check.workloads} ({check.workload_lines} lines)")

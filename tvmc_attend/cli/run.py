@@ -24,6 +24,11 @@ def run_command(
     output_path: str | None = typer.Option(None, "--output", help="Save the raw output (.npy)."),
     repeat: int = typer.Option(10, "--repeat", min=1, help="Timed runs for the latency."),
     threads: int | None = typer.Option(None, "--threads", help="Runtime threads."),
+    counted: bool = typer.Option(
+        False, "--counted",
+        help="Count one inference on an emulated core of the bundle's board instead: "
+             "instructions, loads, stores, simulated cache misses and the counted cost (a "
+             "rank for comparing builds, not a latency)."),
     device: DeviceFlags = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Run a bundle locally or on an RPC device; print top-5 and the median latency."""
@@ -32,6 +37,9 @@ def run_command(
     from tvmc_attend.compile.inputs import imagenet_labels, load_input, top_k
 
     meta = Bundle.open(bundle).metadata
+    if counted:
+        _count_bundle(bundle, meta, device)
+        return
     # Read the input before connecting, uploading and loading: a bad file fails at once.
     x = load_input(input_path, meta.input.shape, meta.input.dtype)
     session, where, emulated = _remote_session(meta, device)
@@ -57,6 +65,29 @@ def run_command(
     typer.echo(f"latency{label}: {stats}")
     if output_path:
         typer.echo(f"output saved to {output_path}")
+
+
+def _count_bundle(bundle: str, meta: BundleMetadata, flags: DeviceFlags) -> None:
+    """`run --counted`: one inference counted on an emulated core of the bundle's board."""
+    from tvmc_attend.device.choice import counting_device
+    from tvmc_attend.device.counting import CountingCore, CountingError, GuestSpec
+    from tvmc_attend.targets import get_board
+
+    board = get_board(meta.target.name)
+    counting_device(board, flags.rpc_tracker, flags.rpc_host)  # refuses what cannot count
+    assert board.core_model is not None and board.qemu_cpu
+    typer.echo(f"counting one inference of {meta.model} on an emulated {board.qemu_cpu} core "
+               f"({board.name} core model, one thread) ...")
+    with CountingCore(GuestSpec.for_board(board.qemu_cpu), board.core_model) as core:
+        try:
+            counts = core.count_bundle(bundle)
+        except CountingError as err:
+            raise UserError(f"counting {bundle} failed: {err}") from None
+    misses = ", ".join(f"L{i} {n:,}" for i, n in enumerate(counts.misses, 1))
+    typer.echo(f"instructions {counts.instructions:,} | loads {counts.loads:,} | stores "
+               f"{counts.stores:,} | misses {misses}")
+    typer.echo(f"counted cost: {counts.cycles(board.core_model) / 1e6:,.1f} Mcycles (a "
+               "deterministic rank of the work done on this core model, not a latency)")
 
 
 def _remote_session(meta: BundleMetadata, flags: DeviceFlags) -> tuple[Any, str, bool]:

@@ -24,16 +24,19 @@ def _fmt_ms(value: float | None) -> str:
 
 
 def task_table(result: TuneResult, title: str) -> Table:
-    """Per-task table: where the model's time goes and where the trials went."""
+    """Per-task table: where the model's time (or counted cost) goes and where the trials
+    went. Counted costs are shown as Mcycles, with no GFLOP/s: they are not latencies."""
     label = " (emulated)" if result.emulated else ""
+    best = "best Mcycles (counted)" if result.counted else f"best ms{label}"
+    speed = () if result.counted else ("GFLOP/s",)
     table = Table(title=title)
-    for col in ("#", "task", "MFLOP", "calls", f"best ms{label}", "GFLOP/s", "share",
-                "trials", "errors"):
+    for col in ("#", "task", "MFLOP", "calls", best, *speed, "share", "trials", "errors"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for i, t in enumerate(result.tasks):
         share = result.share(t)
+        gflops = () if result.counted else (f"{t.gflops:.1f}" if t.gflops else "-",)
         table.add_row(str(i), t.name[:44], f"{t.flops / 1e6:.1f}", f"{t.weight:g}",
-                      _fmt_ms(t.best_ms), f"{t.gflops:.1f}" if t.gflops else "-",
+                      _fmt_ms(t.best_ms), *gflops,
                       f"{100 * share:.1f}%" if share is not None else "-", str(t.done),
                       str(t.errors) if t.errors else "")
     return table
@@ -42,9 +45,11 @@ def task_table(result: TuneResult, title: str) -> Table:
 def summary_line(result: TuneResult) -> str:
     label = " (emulated)" if result.emulated else ""
     done = sum(t.done for t in result.tasks)
+    cost = (f"counted cost {_fmt_ms(result.estimated_ms)} Mcycles (not a latency)"
+            if result.counted else f"estimated latency{label} {_fmt_ms(result.estimated_ms)} ms")
     return (f"trials {done}/{result.budget} ({result.new_trials} new, "
-            f"{result.trials_per_minute:.1f} trials/min) | estimated latency{label} "
-            f"{_fmt_ms(result.estimated_ms)} ms | {result.seconds:.0f} s on {result.device}")
+            f"{result.trials_per_minute:.1f} trials/min) | {cost} | {result.seconds:.0f} s "
+            f"on {result.device}")
 
 
 @options.with_device_flags
@@ -68,6 +73,11 @@ def tune_command(
     seed: int = options.SEED,
     fuse_dcac: bool = options.FUSE_DCAC,
     layout: str = options.LAYOUT,
+    counted: bool = typer.Option(
+        False, "--counted",
+        help="No board needed: rank candidates by their counted cost (instructions and "
+             "simulated cache misses) on an emulated core of the target, not by time. The "
+             "database records measured_by: counted; a later tune on a real board replaces it."),
     no_wait: bool = typer.Option(
         False, "--no-wait",
         help="Exit at once if another tune is using the database (default: wait for it)."),
@@ -80,7 +90,12 @@ def tune_command(
 
     # Check the flags before importing TVM and torch (seconds).
     board = get_board(target)
-    chosen = device.choose(board)
+    if counted:
+        from tvmc_attend.device.choice import counting_device
+
+        chosen = counting_device(board, device.rpc_tracker, device.rpc_host)
+    else:
+        chosen = device.choose(board)
     chosen.require_for(board, "tuning")
 
     from tvmc_attend.compile.tuning.database import TuningDatabase
