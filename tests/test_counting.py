@@ -145,6 +145,22 @@ def test_counting_core_counts_tvm_kernels_deterministically(tmp_path) -> None:
     assert first.cycles(TINY) > first.instructions  # misses add to the cost
 
 
+@pytest.mark.slow
+def test_counted_cost_ranks_sampled_conv_schedules_like_the_clock() -> None:
+    """The rank check itself, small: 3 conv tasks x 5 sampled schedules of AttendNeXt at 64 px,
+    timed here and counted under qemu-x86_64. Across tasks the ranking must agree clearly
+    (bigger kernels cost more on both); the full-size figures are in docs/benchmarks.md."""
+    from tvmc_attend.bench.counted import rank_check
+    from tvmc_attend.compile.frontend import ModelSource
+
+    report = rank_check(ModelSource(model="attendnext", input_size=64), tasks=3, candidates=5,
+                        progress=lambda _m: None)
+    assert len(report.candidates) >= 12
+    assert len(report.per_task) == 3
+    assert all(c["timed_ms"] > 0 and c["counted_mcycles"] > 0 for c in report.candidates)
+    assert report.pooled > 0.5, report.as_json()
+
+
 def test_counted_and_timed_databases_do_not_mix(tmp_path) -> None:
     from tvmc_attend.compile.tuning.database import COUNTED, TIMED, TuningDatabase
     from tvmc_attend.errors import UserError
@@ -212,6 +228,21 @@ def test_tune_by_counting_compile_and_count(emulated_rpi4, tmp_path) -> None:
     assert result.returncode == 0, output(result)
     assert "not a latency" in result.stdout and "instructions" in result.stdout
     assert "latency:" not in result.stdout
+
+    # untuned vs tuned, counted: whole model and per task, in one command
+    result = run_cli("benchmark", "--model", "dcac", "--input-size", "8", "--target", "rpi4",
+                     "--counted", "--log-dir", log_dir, "--json", tmp_path / "counted.json",
+                     timeout=1200)
+    assert result.returncode == 0, output(result)
+    counted = json.loads((tmp_path / "counted.json").read_text())
+    assert counted["measured_by"] == "counted" and counted["counted_on"] == "cortex-a72"
+    whole = counted["whole_model"]
+    assert whole["untuned"]["instructions"] > 0 and whole["tuned"]["mcycles"] > 0
+    assert counted["untuned_over_tuned"] == pytest.approx(
+        whole["untuned"]["mcycles"] / whole["tuned"]["mcycles"])
+    (task,) = counted["tasks"]
+    assert task["untuned_mcycles"] > 0 and task["tuned_mcycles"] > 0
+    assert "latency" not in result.stdout.replace("not a latency", "")
 
     result = run_cli("tune", "--model", "dcac", "--input-size", "8", "--target", "rpi4",
                      "--rpc-tracker", emulated_rpi4.tracker, "--rpc-key", emulated_rpi4.key,
