@@ -18,10 +18,12 @@ from tvmc_attend.targets import Board
 @dataclass(frozen=True)
 class DeviceChoice:
     """This host (``spec`` None) or the board ``spec`` reaches; ``emulated``: a qemu board
-    started by `device emulate` (its timings are labelled so)."""
+    started by `device emulate` (its timings are labelled so); ``counted``: no board at all,
+    candidates are counted on an emulated core of the target (``device.counting``)."""
 
     spec: RemoteSpec | None = None
     emulated: bool = False
+    counted: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -29,12 +31,14 @@ class DeviceChoice:
 
     @property
     def description(self) -> str:
-        """"local", or the board's address as the reports and databases name it."""
+        """"local", "counted", or the board's address as the reports and databases name it."""
+        if self.counted:
+            return "counted"
         return "local" if self.spec is None else self.spec.describe()
 
     def require_for(self, board: Board, purpose: str) -> None:
         """A board target needs a board: refuse (before any work) when none is chosen."""
-        if board.is_remote and self.spec is None:
+        if board.is_remote and self.spec is None and not self.counted:
             raise UserError(
                 f"target {board.name} is a board: {purpose} needs one. Pass --rpc-tracker "
                 "HOST:PORT --rpc-key KEY or --rpc-host HOST:PORT (start an emulated board with "
@@ -60,6 +64,21 @@ class DeviceChoice:
 
 
 LOCAL = DeviceChoice()
+
+
+def counting_device(board: Board, rpc_tracker: str | None = None, rpc_host: str | None = None,
+                    ) -> DeviceChoice:
+    """Tuning by counting on an emulated core of ``board`` (``tune --counted``)."""
+    if rpc_tracker or rpc_host:
+        raise UserError("--counted counts on an emulated core, not on a device: drop "
+                        "--rpc-tracker/--rpc-host (or drop --counted to time on that device)")
+    if not board.is_remote:
+        raise UserError("--counted is for a board you do not have (e.g. --target rpi4); this "
+                        "host times its candidates natively")
+    if board.core_model is None or not board.qemu_cpu:
+        raise UserError(f"target {board.name} has no core model to count with: pick a board "
+                        "whose preset has one (rpi3, rpi4, rpi5, jetson-nano)")
+    return DeviceChoice(counted=True)
 
 
 def choose_device(board: Board, rpc_tracker: str | None = None, rpc_key: str | None = None,
