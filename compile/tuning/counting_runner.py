@@ -13,7 +13,7 @@ from typing import Any
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.runner import PyRunner
 
-from tvmc_attend.device.counting import CountingCore, CountingError, GuestSpec
+from tvmc_attend.device.counting import CountingCore, CountingError
 from tvmc_attend.targets import Board
 
 from .replay import DoneFuture
@@ -27,9 +27,8 @@ class CountingRunner(PyRunner):
 
     def __init__(self, board: Board) -> None:
         super().__init__()
-        assert board.core_model is not None and board.qemu_cpu
         self.board = board
-        self.core = CountingCore(GuestSpec.for_board(board.qemu_cpu), board.core_model)
+        self.core = CountingCore.for_board(board)
         self.core.start()
 
     def run(self, runner_inputs: list) -> list:

@@ -26,7 +26,7 @@ from tvmc_attend.compile.pipeline import compile_prepared
 from tvmc_attend.compile.prepare import DEFAULT_LAYOUT, PreparedModel, prepare_model
 from tvmc_attend.compile.tuning.database import TuningDatabase
 from tvmc_attend.compile.tuning.tune import extract_tasks
-from tvmc_attend.device.counting import CountingCore, CountingError, Counts, GuestSpec
+from tvmc_attend.device.counting import CountingCore, Counts, GuestSpec
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board, CacheLevel, CoreModel
 from tvmc_attend.timestamps import utc_timestamp
@@ -94,13 +94,14 @@ def count_model(source: ModelSource, board: Board, log_dir: str | None = None,
                 progress: Progress = print) -> CountedModelReport:
     """Count ``source`` untuned and tuned (its (board, model) database, which must have been
     tuned by counting) on an emulated core of ``board``: whole model and per task."""
-    core = board.core_model
-    if core is None or not board.qemu_cpu:
-        raise UserError(f"target {board.name} has no core model to count with")
+    if board.core_model is None:
+        CountingCore.for_board(board)  # the one message that names the boards with one
     db_dir = TuningDatabase.for_model(log_dir, board, source.name)
     if not db_dir.exists() or not db_dir.read_info().counted:
         raise UserError(f"{db_dir.path} is not a database tuned by counting: run `tvmc-attend "
                         f"tune --model {source.name} --target {board.name} --counted` first")
+    counting = CountingCore.for_board(board)
+    core = counting.core
     progress(f"importing {source.name} ...")
     prepared = prepare_model(source, layout=layout, board=board)
     with tempfile.TemporaryDirectory(prefix="tvmc-attend-counted-", dir=work_dir) as work:
@@ -111,7 +112,7 @@ def count_model(source: ModelSource, board: Board, log_dir: str | None = None,
                 prepared, board, os.path.join(work, variant), untuned=variant == "untuned",
                 log_dir=log_dir, warn=lambda m: progress(f"warning: {m}"))
         records = bundles["tuned"].metadata.tuning.records
-        with CountingCore(GuestSpec.for_board(board.qemu_cpu), core) as counter:
+        with counting as counter:
             whole = {}
             for variant, bundle in bundles.items():
                 progress(f"counting one {variant} inference on an emulated {board.qemu_cpu} "
@@ -144,7 +145,7 @@ def _count_tasks(prepared: PreparedModel, board: Board, db_dir: TuningDatabase,
         try:
             path = _export(untuned, board, os.path.join(work, f"task{i}.so"))
             row["untuned_mcycles"] = _mcycles(counter.count(path, _task_args(func)), core)
-        except (CountingError, Exception) as err:  # one task's failure is reported, not fatal
+        except Exception as err:  # noqa: BLE001  one task's failure is reported, not fatal
             row["untuned_error"] = str(err)[:300]
         best = None
         if database.has_workload(func_mod):

@@ -70,15 +70,14 @@ def run_command(
 def _count_bundle(bundle: str, meta: BundleMetadata, flags: DeviceFlags) -> None:
     """`run --counted`: one inference counted on an emulated core of the bundle's board."""
     from tvmc_attend.device.choice import counting_device
-    from tvmc_attend.device.counting import CountingCore, CountingError, GuestSpec
+    from tvmc_attend.device.counting import CountingCore, CountingError
     from tvmc_attend.targets import get_board
 
     board = get_board(meta.target.name)
     counting_device(board, flags.rpc_tracker, flags.rpc_host)  # refuses what cannot count
-    assert board.core_model is not None and board.qemu_cpu
     typer.echo(f"counting one inference of {meta.model} on an emulated {board.qemu_cpu} core "
                f"({board.name} core model, one thread) ...")
-    with CountingCore(GuestSpec.for_board(board.qemu_cpu), board.core_model) as core:
+    with CountingCore.for_board(board) as core:
         try:
             counts = core.count_bundle(bundle)
         except CountingError as err:

@@ -75,9 +75,10 @@ def counting_device(board: Board, rpc_tracker: str | None = None, rpc_host: str 
     if not board.is_remote:
         raise UserError("--counted is for a board you do not have (e.g. --target rpi4); this "
                         "host times its candidates natively")
-    if board.core_model is None or not board.qemu_cpu:
-        raise UserError(f"target {board.name} has no core model to count with: pick a board "
-                        "whose preset has one (rpi3, rpi4, rpi5, jetson-nano)")
+    if board.core_model is None or not board.qemu_cpu:  # fail before importing TVM
+        from tvmc_attend.device.counting import CountingCore
+
+        CountingCore.for_board(board)  # raises the one message that names the boards
     return DeviceChoice(counted=True)
 
 

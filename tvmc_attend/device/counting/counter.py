@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tvmc_attend.errors import UserError
-from tvmc_attend.targets import CoreModel
+from tvmc_attend.targets import Board, CoreModel
 
 from .plugin import plugin_path, qemu_binary
 
@@ -92,6 +92,14 @@ class CountingCore:
         self._offset = 0
         self._next_tag = 0
         self._proc: subprocess.Popen | None = None
+
+    @classmethod
+    def for_board(cls, board: Board) -> CountingCore:
+        """A counting core for one core of ``board`` (its rootfs CPU model and core model)."""
+        if board.core_model is None or not board.qemu_cpu:
+            raise UserError(f"target {board.name} has no core model to count with: pick a board "
+                            "whose preset has one (rpi3, rpi4, rpi5, jetson-nano)")
+        return cls(GuestSpec.for_board(board.qemu_cpu), board.core_model)
 
     def __enter__(self) -> CountingCore:
         self.start()
