@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,12 +148,62 @@ def _assert_run_report(result, where: str = "local") -> None:
     assert [r[0] for r in ranks] == ["1", "2", "3", "4", "5"], out
     probs = [float(r[2]) for r in ranks]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
-    assert re.search(r"^latency: median [0-9.]+ ms \(p10 [0-9.]+, p90 [0-9.]+, n=\d+\)$", out,
-                     re.MULTILINE), out
+    found = re.search(r"^latency: median [0-9.]+ ms \(p10 [0-9.]+, p90 [0-9.]+, n=\d+\), "
+                      r"(\d+) TVM threads$", out, re.MULTILINE)
+    assert found, out
+    # every core unless the environment says otherwise (TVM alone would take half of x86's)
+    assert int(found.group(1)) == int(os.environ.get("TVM_NUM_THREADS") or
+                                      len(os.sched_getaffinity(0))), out
 
 
 def _top_classes(stdout: str) -> list[int]:
     return [int(c) for c in re.findall(r"^\s+\d\. class\s+(\d+)", stdout, re.MULTILINE)]
+
+
+# Runs the bundle's own loader in a fresh process whose environment does not size TVM's pool,
+# and reports, per thread, the CPU time the inferences took (schedstat: ns).
+THREAD_PROBE = """
+import json, os, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import attend_runtime
+
+def cpu_ns():
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            out[tid] = int(f.read().split()[0])
+    return out
+
+threads = int(sys.argv[2]) or None
+m = attend_runtime.load(sys.argv[1], threads=threads)
+x = np.random.default_rng(0).standard_normal(m.input_shape).astype("float32")
+m(x)
+before = cpu_ns()
+for _ in range(40):
+    m(x)
+after = cpu_ns()
+print(json.dumps({"threads": m.threads,
+                  "cpu_ns": [after[t] - before.get(t, 0) for t in after]}))
+"""
+
+
+@pytest.mark.parametrize("asked", [0, 1])
+def test_the_loader_runs_the_threads_asked_for(host_bundle, asked) -> None:
+    """TVM sizes its pool once, from TVM_NUM_THREADS, else half an x86 machine's logical CPUs
+    (one thread on two): the loader must size it before first use. Counted from what ran:
+    threads that each did a real share of the work (a share, not a time, so that a loaded
+    machine slows every thread alike and the count holds)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", THREAD_PROBE, str(host_bundle), str(asked)],
+                            capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, output(result)
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = asked or len(os.sched_getaffinity(0))
+    assert probe["threads"] == expected, probe
+    total = sum(probe["cpu_ns"])
+    working = [ns for ns in probe["cpu_ns"] if ns >= 0.15 * total]
+    assert len(working) == expected, probe
 
 
 @pytest.mark.slow

@@ -118,6 +118,7 @@ class Model:
         self._remote = remote
         self.input_shape = tuple(meta["input"]["shape"])
         self.input_dtype = meta["input"]["dtype"]
+        self.threads: int | None = meta.get("_threads")  # TVM's threads in effect
 
     def _check_input(self, x: Any) -> np.ndarray:
         x = np.asarray(x)
@@ -158,7 +159,7 @@ class Model:
         timer = self._vm.time_evaluator("invoke_stateful", self._device, number=1, repeat=repeat)
         result = timer("main")
         return LatencyStats(times_ms=[float(t) * 1e3 for t in result.results],
-                            threads=self.metadata.get("threads"))
+                            threads=self.threads)
 
     def __repr__(self) -> str:
         where = "remote" if self._remote is not None else "local"
@@ -166,23 +167,49 @@ class Model:
                 f"target={self.metadata['target']['name']} {where}>")
 
 
-def _configure_threads(threads: int | None, remote: Any) -> None:
-    if not threads:
-        return
+THREADS_ENV = "TVM_NUM_THREADS"
+
+
+def size_thread_pool(threads: int | None = None) -> int:
+    """Size TVM's CPU thread pool before its first use; returns the size it will have.
+
+    TVM reads ``TVM_NUM_THREADS`` once, when its pool is created; unset, an x86 machine gets
+    half its logical CPUs (one worker on 2 vCPUs) and nothing can raise that later. A value
+    already in the environment (the user's, or one set earlier in this process) is kept;
+    otherwise ``threads``, else every CPU this process may run on."""
+    try:
+        current = int(os.environ.get(THREADS_ENV, ""))
+    except ValueError:
+        current = 0
+    if current > 0:
+        return current
+    count = int(threads) if threads else len(os.sched_getaffinity(0))
+    os.environ[THREADS_ENV] = str(count)
+    return count
+
+
+def _configure_threads(threads: int | None, pool: int, remote: Any) -> int:
+    """Use ``threads`` of the pool (locally: at most its size ``pool``); the count in effect."""
     import tvm
 
     if remote is not None:
-        remote.get_function("runtime.config_threadpool")(0, int(threads))
-    else:
+        if threads:
+            remote.get_function("runtime.config_threadpool")(0, int(threads))
+        return int(threads) if threads else int(remote.get_function("runtime.NumThreads")())
+    if threads and int(threads) < pool:
+        # Fewer than the pool holds; this pins the calling thread to one core (TVM's binding).
         tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
+    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 def load(bundle_dir: str, remote: Any = None, threads: int | None = None) -> Model:
     """Open a bundle: verify its library, load it, and set up the Relax VM.
 
     remote:  a ``tvm.rpc`` session; the library is uploaded and run there.
-    threads: worker threads of the TVM runtime (default: the bundle's recorded count for
-             boards, all cores for the host).
+    threads: worker threads of the TVM runtime (default: ``TVM_NUM_THREADS`` if set, else the
+             bundle's recorded count for boards, all cores for the host). TVM sizes its pool
+             once per process: load before any other TVM code runs, or ask for no more than
+             the pool already has.
     """
     meta = read_metadata(bundle_dir)
     lib_path = verify_library(bundle_dir, meta)
@@ -194,12 +221,12 @@ def load(bundle_dir: str, remote: Any = None, threads: int | None = None) -> Mod
                 f"({meta['target']['triple']}) and cannot run on this {host} machine; run it on "
                 "the board or pass an RPC device (--rpc-tracker/--rpc-key or --rpc-host)"
             )
+    # before TVM's pool exists (importing TVM does not create it; the first kernel does)
+    pool = size_thread_pool(threads or meta.get("threads")) if remote is None else 0
     import tvm  # after the checks above: importing TVM takes seconds
     from tvm.runtime.vm import VirtualMachine
 
-    if threads is None:
-        threads = meta.get("threads")
-    _configure_threads(threads, remote)
+    meta["_threads"] = _configure_threads(threads or meta.get("threads"), pool, remote)
     start = time.perf_counter()
     if remote is not None:
         remote.upload(lib_path)

@@ -20,6 +20,7 @@ from tvmc_attend import attend_runtime
 from tvmc_attend.compile.frontend import ImportedModel
 from tvmc_attend.compile.onnx_export import export_onnx
 from tvmc_attend.compile.verify import rel_err
+from tvmc_attend.threads import ThreadUsage, tvm_threads
 
 # Display labels of the variant keys (the keys are the JSON keys the CLI contract names).
 VARIANT_LABELS = {
@@ -31,9 +32,19 @@ VARIANT_LABELS = {
 HOST_ONLY_NOTE = "ONNX Runtime and PyTorch run on this host only: not measured for a board"
 
 
+# How every local variant is timed: one call from a numpy input to a numpy output, Python
+# and the copies in and out included, clocked by perf_counter: what a user's code sees.
+TIMED_BOUNDARY = "numpy in -> numpy out, one call, perf_counter"
+REMOTE_BOUNDARY = "the device's own clock (time_evaluator), input already on the device"
+
+
 @dataclass
 class Variant:
-    """One thing to time: ``run`` gives its output, ``time_runs(x, n)`` n latencies in ms."""
+    """One thing to time: ``run`` gives its output, ``time_runs(x, n)`` n latencies in ms.
+
+    ``threads``: the threads its runtime was given; ``usage``: per-thread CPU time over its
+    timed runs, from which the threads really busy are counted (only for variants that run in
+    this process: a board's threads are not visible here)."""
 
     key: str
     run: Callable[[np.ndarray], np.ndarray]
@@ -41,9 +52,24 @@ class Variant:
     times_ms: list[float] = field(default_factory=list)
     max_rel_err: float | None = None
     note: str = ""
+    threads: int | None = None
+    local: bool = True
+    boundary: str = TIMED_BOUNDARY
+    usage: ThreadUsage = field(default_factory=ThreadUsage)
 
     def stats(self) -> attend_runtime.LatencyStats:
         return attend_runtime.LatencyStats(times_ms=self.times_ms)
+
+    @property
+    def busy_threads(self) -> int | None:
+        return self.usage.busy if self.local and self.usage.wall_ns else None
+
+    def timing_json(self) -> dict[str, Any]:
+        """Latency statistics and the threads behind them, as every report writes them."""
+        return {**self.stats().as_dict(), "threads": self.threads,
+                "busy_threads": self.busy_threads,
+                "cpu_per_wall": round(self.usage.cpu_per_wall, 2) if self.local else None,
+                "timed": self.boundary}
 
 
 def _timed(fn: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray, int], list[float]]:
@@ -60,15 +86,19 @@ def _timed(fn: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray, int], list[
 def tvm_variant(key: str, bundle: str, session: Any, threads: int | None) -> Variant:
     """A bundle loaded with the shipped loader (on the board when ``session`` is given).
 
-    TVM's first ``runtime.config_threadpool`` pins the calling thread to a single core, and
-    every thread created afterwards inherits that: ONNX Runtime's workers (created with its
-    session) would then share one core with the main thread, and ``thread_count()`` would
-    report 1. Restoring the affinity after the load keeps the baselines on all their cores.
+    Locally it is timed like the baselines (``TIMED_BOUNDARY``); on a board by the board's
+    clock. TVM's ``runtime.config_threadpool`` (used when fewer threads than the pool holds
+    are asked for) pins the calling thread to a single core, and every thread created
+    afterwards inherits that: ONNX Runtime's workers would then share one core with the main
+    thread. Restoring the affinity after the load keeps the baselines on all their cores.
     """
     cpus = os.sched_getaffinity(0)
     model = attend_runtime.load(bundle, remote=session, threads=threads)
     os.sched_setaffinity(0, cpus)
-    return Variant(key, model, lambda x, n: model.benchmark(x, repeat=n, warmup=0).times_ms)
+    if session is not None:
+        return Variant(key, model, lambda x, n: model.benchmark(x, repeat=n, warmup=0).times_ms,
+                       threads=model.threads, local=False, boundary=REMOTE_BOUNDARY)
+    return Variant(key, model, _timed(model), threads=model.threads)
 
 
 def vm_variant(key: str, executable: Any, number: int) -> Variant:
@@ -87,7 +117,8 @@ def vm_variant(key: str, executable: Any, number: int) -> Variant:
         timer = vm.time_evaluator("main", dev, number=number, repeat=n)
         return [1e3 * t for t in timer(tvm.runtime.tensor(x, dev)).results]
 
-    return Variant(key, run, time_runs)
+    return Variant(key, run, time_runs, threads=tvm_threads(),
+                   boundary=f"time_evaluator, mean of {number} runs, input in place")
 
 
 def onnxruntime_variant(onnx_path: str, threads: int) -> Variant:
@@ -96,14 +127,13 @@ def onnxruntime_variant(onnx_path: str, threads: int) -> Variant:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # ORT's idle workers spin by default, stealing the cores from the next variant.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Spinning left at ORT's default (on), as TVM's is: each runtime as its users run it.
     session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {name: x})[0]
-    return Variant("onnxruntime", run, _timed(run))
+    return Variant("onnxruntime", run, _timed(run), threads=threads)
 
 
 def torch_variant(module: Any, threads: int) -> Variant:
@@ -114,7 +144,7 @@ def torch_variant(module: Any, threads: int) -> Variant:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return module(torch.from_numpy(x)).numpy()
-    return Variant("torch", run, _timed(run))
+    return Variant("torch", run, _timed(run), threads=threads)
 
 
 def baseline_variants(imported: ImportedModel, x: np.ndarray, threads: int,
@@ -146,4 +176,5 @@ def check_and_time(items: Sequence[tuple[Variant, np.ndarray, np.ndarray | None]
     for r in range(rounds):
         progress(f"timing round {r + 1}/{rounds}")
         for variant, x, _ in items:
-            variant.times_ms.extend(variant.time_runs(x, runs_per_round))
+            with variant.usage.section():
+                variant.times_ms.extend(variant.time_runs(x, runs_per_round))

@@ -24,7 +24,7 @@ def report_table(report: BenchmarkReport) -> Table:
                         f"{run.date}")
     # Ratios read "this many times faster than": >1 is faster.
     for col in ("variant", "median ms", "p10", "p90", "img/s", "x untuned", "x ORT",
-                "x torch", "rel err"):
+                "x torch", "threads busy", "rel err"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     med = {v.key: v.stats().median_ms for v in report.variants}
     from tvmc_attend.bench.variants import VARIANT_LABELS
@@ -36,6 +36,7 @@ def report_table(report: BenchmarkReport) -> Table:
             f"{s.median_ms:.2f}", f"{s.p10_ms:.2f}", f"{s.p90_ms:.2f}", f"{1e3 / s.median_ms:.1f}",
             *(f"{med[ref] / s.median_ms:.2f}x" if ref in med else "-"
               for ref in ("tvm_untuned", "onnxruntime", "torch")),
+            f"{'?' if v.busy_threads is None else v.busy_threads}/{v.threads or '?'}",
             "-" if v.max_rel_err is None else f"{v.max_rel_err:.1e}",
         )
     return table

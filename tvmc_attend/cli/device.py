@@ -109,6 +109,9 @@ def serve_command(
         "--allow", metavar="ADDR[/BITS]",
         help="Only peers in this IPv4/IPv6 network may connect (repeatable; loopback is not "
              "implied). Default: anyone who can reach the bound address.")] = None,
+    threads: int | None = typer.Option(
+        None, "--threads", min=1,
+        help="TVM threads per session (default: TVM_NUM_THREADS if set, else every core)."),
 ) -> None:
     """Run TVM's RPC server on this board in the foreground (Ctrl-C stops it)."""
     from tvmc_attend.device.endpoints import parse_address, port_free
@@ -141,7 +144,7 @@ def serve_command(
           flush=True)
     if tracker_addr:  # started right after its tracker: wait for it, as emulated boards do
         wait_for_tracker(*tracker_addr, flag="--tracker", progress=lambda m: print(m, flush=True))
-    serve(host, port, tracker_addr, key or "", allow=allow)
+    serve(host, port, tracker_addr, key or "", allow=allow, threads=threads)
 
 
 def register(app: typer.Typer) -> None:

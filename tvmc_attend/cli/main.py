@@ -8,6 +8,7 @@ import sys
 import typer
 
 from tvmc_attend.errors import UserError
+from tvmc_attend.threads import size_thread_pool
 
 # Each module defines ``register(app)``; the order is the order of `--help`.
 VERB_MODULES = [
@@ -38,6 +39,9 @@ for _module in VERB_MODULES:
 
 
 def main() -> None:
+    # Before any verb imports TVM: its pool, and those of the processes this one starts
+    # (MetaSchedule's runner workers inherit the environment), get every core, not half.
+    size_thread_pool()
     try:
         app()
     except UserError as err:

@@ -23,7 +23,10 @@ def run_command(
                                           help="Input .npy array or image (default: random)."),
     output_path: str | None = typer.Option(None, "--output", help="Save the raw output (.npy)."),
     repeat: int = typer.Option(10, "--repeat", min=1, help="Timed runs for the latency."),
-    threads: int | None = typer.Option(None, "--threads", help="Runtime threads."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1,
+        help="TVM runtime threads (default: TVM_NUM_THREADS if set, else the bundle's board's "
+             "count, or every core for a host bundle)."),
     counted: bool = typer.Option(
         False, "--counted",
         help="Count one inference on an emulated core of the bundle's board instead: "
@@ -62,7 +65,7 @@ def run_command(
     else:
         typer.echo(f"output {list(y.shape)}: mean {y.mean():.4g}, std {y.std():.4g}")
     label = " (emulated)" if emulated else ""
-    typer.echo(f"latency{label}: {stats}")
+    typer.echo(f"latency{label}: {stats}, {model.threads} TVM threads")
     if output_path:
         typer.echo(f"output saved to {output_path}")
 

@@ -205,11 +205,17 @@ def init_worker(allow: tuple[str, ...] = ()) -> None:
 
 
 def serve(host: str, port: int, tracker: tuple[str, int] | None = None, key: str = "",
-          port_end: int | None = None, allow: Iterable[str] = ()) -> None:
+          port_end: int | None = None, allow: Iterable[str] = (),
+          threads: int | None = None) -> None:
     """Run the RPC server in the foreground until it is killed or Ctrl-C.
 
     ``allow`` (``--allow`` values, already validated): only these peers may connect.
+    ``threads``: TVM's pool size in the sessions (default: ``TVM_NUM_THREADS`` if set, else
+    every core; TVM alone would take half of an x86 machine's logical CPUs). Set before TVM's
+    pool exists; the session processes inherit it.
     """
+    if threads or not os.environ.get("TVM_NUM_THREADS"):
+        os.environ["TVM_NUM_THREADS"] = str(threads or len(os.sched_getaffinity(0)))
     from tvm import rpc
 
     allow = tuple(allow)
@@ -237,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", default="", help="device key at the tracker")
     parser.add_argument("--allow", action="append", default=[], metavar="ADDR[/BITS]",
                         help="only peers in this network may connect (repeatable)")
+    parser.add_argument("--threads", type=int, help="TVM threads per session (default: all)")
     args = parser.parse_args(argv)
     try:
         parse_allow(args.allow)
@@ -247,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.tracker:
         tracker_host, tracker_port = args.tracker.rsplit(":", 1)
         tracker = (tracker_host.strip("[]"), int(tracker_port))
-    serve(args.host, args.port, tracker, args.key, allow=args.allow)
+    serve(args.host, args.port, tracker, args.key, allow=args.allow, threads=args.threads)
 
 
 if __name__ == "__main__":
