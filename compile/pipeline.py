@@ -9,10 +9,12 @@ from typing import Any
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
-from .build import build_scheduled, require_cross_compiler, schedule_module
+from .build import build_scheduled, require_toolchain, schedule_module
+from .build_board import build_board
 from .bundle import Bundle, TuningInfo, check_output_dir, write_bundle
 from .frontend import ModelSource
-from .prepare import DEFAULT_LAYOUT, PreparedModel, lowering_of, prepare_model
+from .lowering import DEFAULT_LAYOUT, lowering_of
+from .prepare import PreparedModel, prepare_model
 from .tuning.database import TuningDatabase
 from .verify import Verification, VerifyOptions, verify
 
@@ -59,7 +61,9 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
                         "chosen by emulated timings; retune on a real "
                         f"{board.name} for deployment")
     extra = {"devices": info.devices, "lowering": info.lowering,
-             "measured_by": info.measured_by}
+             "measured_by": info.measured_by, "origin": info.describe_origin()}
+    if info.cpu_class:
+        extra["cpu_class"] = info.cpu_class
     if info.counted and info.core_model:
         extra["counted_on"] = info.core_model.get("qemu_cpu")
     tuning = TuningInfo(tuned=records > 0, database=db_dir.path, records=records,
@@ -79,8 +83,9 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
     convolutions compute in ``layout``; the bundle is checked against the model's framework
     unless ``verify`` is None.
     """
-    require_cross_compiler(board)  # fail before minutes of import and build
+    require_toolchain(board)  # fail before minutes of import and build
     check_output_dir(os.path.abspath(out_dir))
+    board = build_board(board, source.name, log_dir, database_dir, layout, untuned, warn)
     if not untuned and database_dir:  # refuse a wrong --database before the import, too
         named_database(database_dir, board, lowering_of(layout))
     prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=layout, board=board)

@@ -28,15 +28,10 @@ from tvmc_attend.relay_ops.blocked_conv import SCHEDULE_RULE as BLOCKED_CONV_RUL
 from tvmc_attend.targets import Board, vector_isa
 
 from .frontend import ImportedModel, ModelSource, import_model
+from .lowering import LAYOUT_NAMES, lowering_of
 
 TORCH_SOURCES = ("zoo", ".pt2")  # imported through torch.export
 _LOG = logging.getLogger("tvmc_attend.relay_ops")
-
-
-# Bump when a change to preparation or lowering changes the tuning tasks of a model (their
-# workloads): databases tuned before then are not applied (their records would match nothing,
-# or, worse, something else). 1: fast-math sigmoid/exp, channel layouts (Dec 2026).
-LOWERING_VERSION = 1
 
 
 def _blocked(board: Board) -> tvm.transform.Pass:
@@ -56,7 +51,7 @@ LAYOUTS: dict[str, Callable[[Board], tvm.transform.Pass] | None] = {
     "nhwc": _nhwc,  # TVM's ConvertLayout; stock legalisation
     "nchw": None,
 }
-DEFAULT_LAYOUT = "blocked"
+assert tuple(LAYOUTS) == LAYOUT_NAMES
 
 
 @dataclass
@@ -86,10 +81,6 @@ class PreparedModel:
     def lowering(self) -> str:
         """How its tuning tasks were made (a database records it, to be applied only alike)."""
         return lowering_of(self.layout.name)
-
-
-def lowering_of(layout: str) -> str:
-    return f"{layout}-v{LOWERING_VERSION}"
 
 
 def preparation_passes(source: str, fuse: FuseDCAC | None = None) -> tvm.transform.Pass:

@@ -9,12 +9,13 @@ tuning by counting) a model of one core: its data caches and the cost of a miss 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
 from tvmc_attend.errors import UserError
+
+from .cpu_class import CLASSES, CpuClass, cpu_flags, host_class
 
 _PRESET_PACKAGE = "tvmc_attend.targets"
 
@@ -61,6 +62,34 @@ class Board:
     threads: int | None = None
     qemu_cpu: str | None = None
     core_model: CoreModel | None = field(default=None, hash=False)
+    # the CPU class (cpu_class.py) a host preset compiles for; ``host`` itself has the class
+    # of the CPU it runs on
+    cpu_class: str | None = None
+
+    @property
+    def isa_class(self) -> CpuClass | None:
+        """The CPU class of this target: a class preset's own, this CPU's for ``host``, None
+        for boards (their databases are keyed by the board itself)."""
+        if self.cpu_class:
+            return CLASSES[self.cpu_class]
+        if not self.is_remote and self.target.get("mcpu") == "native":
+            return host_class()
+        return None
+
+    @property
+    def database_name(self) -> str:
+        """The folder under a log dir that holds this target's databases: the class's preset
+        for host CPUs (``host`` on an AVX-512 CPU shares ``host-avx512``), else the board."""
+        cls = self.isa_class
+        return cls.preset if cls else self.name
+
+    def check_runs_here(self) -> None:
+        """A class preset compiles code that this CPU must be able to run."""
+        if self.cpu_class and not self.is_remote:
+            missing = CLASSES[self.cpu_class].missing(cpu_flags())
+            if missing:
+                raise UserError(f"target {self.name} needs a CPU with {', '.join(missing)}, "
+                                "which this one lacks; use --target host")
 
     @property
     def is_remote(self) -> bool:
@@ -72,12 +101,12 @@ class Board:
         return self.target.get("mtriple", "host")
 
     def resolved_target_dict(self) -> dict[str, Any]:
-        """The target dict with ``mcpu: native`` and an unset core count resolved for this host."""
+        """The target dict with ``mcpu: native`` resolved, and for a target on this host its
+        core count."""
         target = dict(self.target)
         if target.get("mcpu") == "native":
-            from tvm.target import codegen
-
-            target["mcpu"] = str(codegen.llvm_get_system_cpu())
+            target["mcpu"] = native_cpu()
+        if not self.is_remote:  # MetaSchedule needs it for a local target
             target.setdefault("num-cores", self.thread_count())
         return target
 
@@ -88,7 +117,12 @@ class Board:
         return tvm.target.Target(self.resolved_target_dict())
 
     def thread_count(self) -> int:
-        return self.threads or len(os.sched_getaffinity(0))
+        """Threads it runs with: a board's own count; on this host, TVM's (``threads.py``)."""
+        if self.threads:
+            return self.threads
+        from tvmc_attend.threads import tvm_threads
+
+        return tvm_threads()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -100,7 +134,15 @@ class Board:
             "threads": self.threads,
             "qemu_cpu": self.qemu_cpu,
             "core_model": asdict(self.core_model) if self.core_model else None,
+            "cpu_class": self.isa_class.name if self.isa_class else None,
         }
+
+
+def native_cpu() -> str:
+    """LLVM's name for this machine's CPU (e.g. ``znver4``; imports TVM)."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
 
 
 def _load_presets() -> dict[str, Board]:

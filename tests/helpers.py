@@ -15,8 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from tvmc_attend.targets import get_board
+
 REPO = Path(__file__).resolve().parent.parent
 RTOL = 1e-5  # max|a - b| / max|b|
+# Where `tune --target host` keeps its databases on this machine: its CPU class's folder
+# (host-avx512 or host-avx2), shared by every CPU of the class.
+HOST_DB = get_board("host").database_name
 
 
 def cli_path() -> str:

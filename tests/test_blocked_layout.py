@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
+    HOST_DB,
     RTOL,
     assert_cli_error,
     assert_depends_on_input,
@@ -235,13 +236,6 @@ def test_unknown_layout_is_a_one_line_error(tmp_path) -> None:
     assert_cli_error(result, "unknown layout 'nc4hw'", "blocked")
 
 
-def test_cli_default_layout_is_the_compilers() -> None:
-    from tvmc_attend.cli.options import LAYOUT
-    from tvmc_attend.compile.prepare import DEFAULT_LAYOUT
-
-    assert LAYOUT.default == DEFAULT_LAYOUT
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model, size", [
     ("attendnext", None), ("attendnext", 160), ("attendnext", 288),
@@ -288,7 +282,7 @@ def test_a_database_of_another_lowering_is_not_applied(tmp_path) -> None:
     common = ["--model", "dcac", "--input-size", "12", "--target", "host", "--log-dir", logs]
     result = run_cli("tune", *common, "--trials", "2", "--layout", "nchw")
     assert result.returncode == 0, output(result)
-    database = logs / "host" / "dcac"
+    database = logs / HOST_DB / "dcac"
     assert json.loads((database / "tuning.json").read_text())["lowering"] == "nchw-v1"
     result = run_cli("compile", *common, "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)

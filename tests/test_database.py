@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    HOST_DB,
     REPO,
     assert_cli_error,
     kill_group,
@@ -117,7 +118,7 @@ def _tune_while_another_runs(log_dir: Path, first_size: int, second_size: int,
     """Start a tune, and a second one on the same --log-dir as soon as the first holds the
     database (or two seconds later, as in issue 9); return each run's (pid, stdout, stderr)
     and whether the first held the database when the second started."""
-    db = log_dir / "host" / MODEL
+    db = log_dir / HOST_DB / MODEL
     procs = [start_cli(*tune_args(log_dir, first_size, trials))]
     try:
         start = time.monotonic()
@@ -152,7 +153,7 @@ def test_two_tunes_at_two_sizes_keep_every_record_on_its_own_workload(tmp_path) 
     """Issue 9's failure: before the lock, the second run numbered its workload from the file
     as it read it at start, so all its records pointed at the first run's workload."""
     log_dir = tmp_path / "logs"
-    db = log_dir / "host" / MODEL
+    db = log_dir / HOST_DB / MODEL
     runs, first_held = _tune_while_another_runs(log_dir, 14, 16, trials=8)
     assert_every_record_on_its_workload(db, 14, 16)
     assert_second_waited_for_the_first(runs, first_held)
@@ -167,7 +168,7 @@ def test_two_tunes_at_two_sizes_keep_every_record_on_its_own_workload(tmp_path) 
 
 def test_two_tunes_of_the_same_size_do_not_duplicate_workloads(tmp_path) -> None:
     log_dir = tmp_path / "logs"
-    db = log_dir / "host" / MODEL
+    db = log_dir / HOST_DB / MODEL
     runs, first_held = _tune_while_another_runs(log_dir, 14, 14, trials=4)
     assert_every_record_on_its_workload(db, 14)
     assert len(lines(db / WORKLOADS)) == 1
@@ -182,7 +183,7 @@ def test_two_tunes_of_the_same_size_do_not_duplicate_workloads(tmp_path) -> None
 
 def test_no_wait_exits_at_once_naming_the_holder(tmp_path) -> None:
     log_dir = tmp_path / "logs"
-    db = log_dir / "host" / MODEL
+    db = log_dir / HOST_DB / MODEL
     first = start_cli(*tune_args(log_dir, 14, 64))
     try:
         wait_until(lambda: lock_holder(db) == first.pid, 120, "the lock", proc=first)
@@ -199,7 +200,7 @@ def test_no_wait_exits_at_once_naming_the_holder(tmp_path) -> None:
 
 def test_a_killed_tune_leaves_no_blocking_lock(tmp_path) -> None:
     log_dir = tmp_path / "logs"
-    db = log_dir / "host" / MODEL
+    db = log_dir / HOST_DB / MODEL
     # small rounds: the first records (and so the kill, mid-run) come early
     first = start_cli(*tune_args(log_dir, 14, 64, "--trials-per-round", "2"))
     try:
@@ -278,7 +279,7 @@ def test_db_check_errors_are_one_line(tmp_path) -> None:
     assert_cli_error(db_check(tmp_path / "empty"), "not a tvmc-attend tuning database")
 
 
-@pytest.mark.parametrize("db", [LEGACY, REPO / "tuning_logs" / "host" / "attendnext"],
+@pytest.mark.parametrize("db", [LEGACY, REPO / "tuning_logs" / "host-avx512" / "attendnext"],
                          ids=["legacy", "committed"])
 def test_db_check_of_a_real_database(db) -> None:
     """Real databases check clean, without being rewritten."""
@@ -298,7 +299,7 @@ def two_sizes(tmp_path_factory) -> Path:
     for size in (14, 16):
         result = run_cli(*tune_args(log_dir, size), timeout=600)
         assert result.returncode == 0, output(result)
-    db = log_dir / "host" / MODEL
+    db = log_dir / HOST_DB / MODEL
     assert_every_record_on_its_workload(db, 14, 16)
     assert json.loads((db / INFO).read_text())["input_shapes"] == [list(shape(14)),
                                                                     list(shape(16))]
@@ -307,8 +308,8 @@ def two_sizes(tmp_path_factory) -> Path:
 
 def _copy(db: Path, root: Path) -> tuple[Path, Path]:
     log_dir = root / "logs"
-    shutil.copytree(db, log_dir / "host" / MODEL)
-    return log_dir, log_dir / "host" / MODEL
+    shutil.copytree(db, log_dir / HOST_DB / MODEL)
+    return log_dir, log_dir / HOST_DB / MODEL
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    HOST_DB,
     RTOL,
     assert_cli_error,
     assert_depends_on_input,
@@ -59,7 +60,7 @@ def tuned(tmp_path_factory) -> Tuned:
     result = tune(log_dir, 12)
     assert result.returncode == 0, output(result)
     assert "Traceback" not in result.stdout + result.stderr
-    return Tuned(log_dir, log_dir / "host" / MODEL, result.stdout)
+    return Tuned(log_dir, log_dir / HOST_DB / MODEL, result.stdout)
 
 
 def test_tune_writes_the_database(tuned) -> None:
@@ -68,9 +69,14 @@ def test_tune_writes_the_database(tuned) -> None:
         assert (db / name).is_file(), name
     assert (db / "tuning.json").stat().st_mode & 0o044 == 0o044, "not readable by others"
     info = json.loads((db / "tuning.json").read_text())
+    host = get_board("host")
     assert info["model"] == MODEL and info["target_name"] == "host"
-    assert info["target"] == get_board("host").resolved_target_dict()
+    assert info["target"] == host.resolved_target_dict()
     assert info["emulated"] is False and info["devices"] == ["local"]
+    # the class shares it; the machine that measured says its CPU and TVM's thread count
+    assert info["cpu_class"] == host.isa_class.name
+    [machine] = info["tuned_on"]
+    assert machine.endswith(f", {host.thread_count()} TVM threads"), machine
     done, budget, new = tune_summary(tuned.stdout)
     assert 0 < new <= done <= budget <= 12
     assert 0 < record_count(db) <= 12
@@ -165,7 +171,7 @@ def test_compile_refuses_a_database_of_another_target(tuned, tmp_path) -> None:
 
 def _foreign_copy(tuned: Tuned, root: Path, **changes) -> Path:
     """A copy of the host database whose tuning.json claims another target."""
-    db = root / "host" / MODEL
+    db = root / HOST_DB / MODEL
     shutil.copytree(tuned.database, db)
     info = json.loads((db / "tuning.json").read_text())
     info.update(changes)
@@ -194,10 +200,29 @@ def test_log_dir_with_a_database_of_another_target(tuned, tmp_path) -> None:
     assert record_count(db) == records
 
 
+def test_a_database_from_another_cpu_of_the_class_applies(tuned, tmp_path) -> None:
+    """What CPU classes are for: records tuned on another CPU model of this CPU's class (a
+    copy that says so) apply here, built for this CPU; compile says where they were tuned."""
+    host = get_board("host")
+    other = {"x86-64-avx512": "rocketlake", "x86-64-avx2": "znver1"}[host.isa_class.name]
+    db = _foreign_copy(tuned, tmp_path / "logs",
+                       target=dict(host.resolved_target_dict(), mcpu=other),
+                       tuned_on=[f"another CPU ({other}), code for {other}, 2 TVM threads"])
+    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+                     "--log-dir", tmp_path / "logs", "-o", tmp_path / "out")
+    assert result.returncode == 0, output(result)
+    assert f"for the {host.isa_class.name} CPU class ({db})" in result.stdout, output(result)
+    assert f"another CPU ({other})" in result.stdout, output(result)
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["tuned"] is True and meta["tuning"]["records"] == record_count(db)
+    assert meta["target"]["target"]["mcpu"] == host.resolved_target_dict()["mcpu"]
+
+
 def test_named_database_from_another_host_cpu_is_refused(tuned, tmp_path) -> None:
-    """Same preset name, other CPU (a database copied from another machine)."""
+    """Same preset name, other CPU, and no CPU class recorded (a database written before
+    classes, copied from another machine): only its exact target may apply it."""
     target = dict(get_board("host").resolved_target_dict(), mcpu="cortex-a53")
-    db = _foreign_copy(tuned, tmp_path / "logs", target=target)
+    db = _foreign_copy(tuned, tmp_path / "logs", target=target, cpu_class="")
     start = time.monotonic()
     result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
                      "--database", db, "-o", tmp_path / "out")
@@ -227,7 +252,7 @@ def _interrupt(proc, database: Path, more_than: int, timeout_s: float = 600) -> 
 
 def test_ctrl_c_keeps_the_records_and_a_rerun_resumes(tmp_path) -> None:
     log_dir = tmp_path / "logs"
-    database = log_dir / "host" / MODEL
+    database = log_dir / HOST_DB / MODEL
     # small rounds: the first records (and the stop) come after a batch of 2, not of 10
     args = (*TUNE, "--trials", "64", "--trials-per-round", "2", "--log-dir", log_dir)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import (
+    HOST_DB,
     RTOL,
     assert_cli_error,
     assert_depends_on_input,
@@ -95,7 +96,7 @@ def tune_args(tracker: str, key: str, log_dir: Path, trials: int) -> list[str]:
 @pytest.mark.slow
 def test_tune_over_rpc_then_compile(rpc_server, tmp_path) -> None:
     log_dir = tmp_path / "logs"
-    database = log_dir / "host" / MODEL
+    database = log_dir / HOST_DB / MODEL
     result = run_cli(*tune_args(rpc_server.tracker, rpc_server.key, log_dir, 8), timeout=900)
     assert result.returncode == 0, output(result)
     assert "Traceback" not in result.stdout + result.stderr
@@ -128,7 +129,7 @@ def test_tune_over_rpc_then_compile(rpc_server, tmp_path) -> None:
 @pytest.mark.slow
 def test_lost_device_stops_the_run_and_keeps_the_records(rpc_server, tmp_path) -> None:
     log_dir = tmp_path / "logs"
-    database = log_dir / "host" / MODEL
+    database = log_dir / HOST_DB / MODEL
     proc = start_cli(*tune_args(rpc_server.tracker, rpc_server.key, log_dir, 64),
                      "--trials-per-round", "2")
     try:

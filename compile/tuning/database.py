@@ -69,6 +69,19 @@ class DatabaseInfo:
     # its own); with "counted", the board's core model it was counted with
     measured_by: str = "timed"
     core_model: dict[str, Any] | None = None
+    # host databases: the CPU class (targets/cpu_class.py) whose every CPU can apply them, and
+    # the machines that measured them ("<cpu> (<llvm cpu>), <n> TVM threads"); empty: written
+    # before classes, keyed by the exact target
+    cpu_class: str = ""
+    tuned_on: list[str] = field(default_factory=list)
+
+    def describe_origin(self) -> str:
+        """Where the records were measured, in one phrase."""
+        if self.counted:
+            cpu = (self.core_model or {}).get("qemu_cpu", "?")
+            return f"counted on an emulated {cpu} core"
+        where = "; ".join(self.tuned_on) or ", ".join(self.devices) or "an unrecorded machine"
+        return f"timed on {where}"
 
     @property
     def counted(self) -> bool:
@@ -83,7 +96,7 @@ class TuningDatabase:
 
     @classmethod
     def for_model(cls, log_dir: str | None, board: Board, model: str) -> TuningDatabase:
-        return cls(os.path.join(log_dir or DEFAULT_LOG_DIR, board.name, model))
+        return cls(os.path.join(log_dir or DEFAULT_LOG_DIR, board.database_name, model))
 
     @property
     def info_path(self) -> str:
@@ -111,7 +124,15 @@ class TuningDatabase:
         given ``lowering``, for other tasks (another layout, an older compiler)."""
         info = self.read_info()
         wanted = board.resolved_target_dict()
-        if info.target_name != board.name or _canonical(info.target) != _canonical(wanted):
+        cls = board.isa_class
+        if cls is not None and info.cpu_class and "mtriple" not in info.target:
+            # host CPUs: any CPU of the class applies the class's records
+            if info.cpu_class != cls.name:
+                raise UserError(
+                    f"tuning database {self.path} was tuned for the {info.cpu_class} CPU "
+                    f"class, not {board.name}'s {cls.name}; tune with --target "
+                    f"{cls.preset} or pass --untuned")
+        elif info.target_name != board.name or _canonical(info.target) != _canonical(wanted):
             raise UserError(
                 f"tuning database {self.path} was tuned for target {info.target_name} "
                 f"{_canonical(info.target)}, not {board.name} {_canonical(wanted)}; tune for "
@@ -147,7 +168,8 @@ class TuningDatabase:
     def open(self, board: Board, model: str, create: bool = False,
              emulated: bool = False, device: str | None = None,
              input_shape: tuple[int, ...] | None = None, lowering: str | None = None,
-             measured_by: str = TIMED, warn: Callable[[str], None] = _warn) -> Any:
+             measured_by: str = TIMED, machine: str | None = None,
+             warn: Callable[[str], None] = _warn) -> Any:
         """Open the MetaSchedule JSONDatabase.
 
         ``create``: to write to (tune). The directory and identity are created if needed,
@@ -157,7 +179,8 @@ class TuningDatabase:
         is loaded from a checked copy of the files and must not be committed to.
         ``lowering``: what the tasks must have been lowered as (see ``check_target``); a new
         database records it. ``measured_by``: what the writer measures with (see the module
-        docstring for how timed and counted databases meet)."""
+        docstring for how timed and counted databases meet). ``machine``: what measures this
+        run (CPU and threads), recorded in ``tuned_on``."""
         import tvm
         from tvm.s_tir import meta_schedule as ms
 
@@ -189,9 +212,13 @@ class TuningDatabase:
                 if measured_by == COUNTED and board.core_model is not None:
                     info.core_model = {"qemu_cpu": board.qemu_cpu,
                                        **asdict(board.core_model)}
+                if board.isa_class is not None:
+                    info.cpu_class = board.isa_class.name
             info.emulated = info.emulated or emulated
             if device and device not in info.devices:
                 info.devices.append(device)
+            if machine and machine not in info.tuned_on:
+                info.tuned_on.append(machine)
             if input_shape and list(input_shape) not in info.input_shapes:
                 info.input_shapes.append(list(input_shape))
             info.updated = utc_timestamp()

@@ -25,13 +25,8 @@ from tvmc_attend.schedules import register_rules
 from tvmc_attend.targets import Board
 
 from ..frontend import ModelSource
-from ..prepare import (
-    DEFAULT_LAYOUT,
-    PreparedModel,
-    legalize_and_fuse,
-    lowering_of,
-    prepare_model,
-)
+from ..lowering import DEFAULT_LAYOUT, lowering_of
+from ..prepare import PreparedModel, legalize_and_fuse, prepare_model
 from .database import COUNTED, TIMED, TuningDatabase, count_records
 from .intrinsics import load_tensor_intrinsics
 from .measure import MeasureEnvironment, make_measure_environment
@@ -279,7 +274,8 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
     database = db_dir.open(board, prepared.imported.name, create=True,
                            emulated=device.emulated, device=device.description,
                            input_shape=prepared.imported.input_shape,
-                           lowering=prepared.lowering, measured_by=_measured_by(device))
+                           lowering=prepared.lowering, measured_by=_measured_by(device),
+                           machine=_measuring_machine(board, device))
     task_mods = [task.dispatched[0] for task in extracted]
     plan = plan_budgets(extracted, task_mods, database, options)
     result = TuneResult(model=prepared.imported.name, board=board.name, database=db_dir.path,
@@ -316,6 +312,18 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
 
 def _measured_by(device: DeviceChoice) -> str:
     return COUNTED if device.counted else TIMED
+
+
+def _measuring_machine(board: Board, device: DeviceChoice) -> str | None:
+    """This host's CPU and TVM threads, when this host's clock measures the candidates."""
+    if not device.is_local or device.counted or board.is_remote:
+        return None
+    from tvmc_attend.targets.board import native_cpu
+    from tvmc_attend.targets.cpu_class import cpu_model_name
+
+    mcpu = board.resolved_target_dict().get("mcpu", "?")
+    return (f"{cpu_model_name()} ({native_cpu()}), code for {mcpu}, "
+            f"{board.thread_count()} TVM threads")
 
 
 def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any],

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tvmc_attend.compile.build import require_cross_compiler
+from tvmc_attend.compile.build import require_toolchain
+from tvmc_attend.compile.build_board import build_board
 from tvmc_attend.compile.frontend import ModelSource
 from tvmc_attend.compile.inputs import random_input
+from tvmc_attend.compile.lowering import DEFAULT_LAYOUT
 from tvmc_attend.compile.pipeline import compile_prepared
-from tvmc_attend.compile.prepare import DEFAULT_LAYOUT, prepare_model
+from tvmc_attend.compile.prepare import prepare_model
 from tvmc_attend.compile.verify import reference_for
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.targets import Board
@@ -57,7 +59,7 @@ class BenchmarkReport:
             "notes": self.notes, "reference": self.reference, "ratios": self.ratios(),
         }
         for v in self.variants:
-            entry = v.stats().as_dict()
+            entry = v.timing_json()
             entry.update(label=VARIANT_LABELS[v.key], throughput_ips=1e3 / entry["median_ms"],
                          max_rel_err=v.max_rel_err, emulated=self.run.emulated
                          and v.key.startswith("tvm"), note=v.note)
@@ -74,10 +76,11 @@ def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCA
     (the TVM ones on ``device``)."""
     device.require_for(board, "the benchmark")
     session = device.connect()
-    require_cross_compiler(board)
+    require_toolchain(board)
     threads = board.thread_count()
     work = work_dir or tempfile.mkdtemp(prefix="tvmc-attend-bench-")
     notes: list[str] = []
+    board = build_board(board, source.name, log_dir, layout=layout, warn=notes.append)
     prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=layout, board=board)
     imported = prepared.imported
     progress(f"compiling untuned and tuned bundles for {board.name} into {work}")

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from tvmc_attend.compile.build import require_cross_compiler
+from tvmc_attend.compile.build import require_toolchain
+from tvmc_attend.compile.build_board import build_board
 from tvmc_attend.compile.frontend import ModelSource
 from tvmc_attend.compile.inputs import random_input
+from tvmc_attend.compile.lowering import DEFAULT_LAYOUT
 from tvmc_attend.compile.pipeline import compile_prepared
-from tvmc_attend.compile.prepare import DEFAULT_LAYOUT, prepare_model
+from tvmc_attend.compile.prepare import prepare_model
 from tvmc_attend.compile.tuning.tune import TuneOptions, at_most_every, tune_prepared
 from tvmc_attend.compile.verify import DEFAULT_TOLERANCE, float32_bound, rel_err, torch_float64
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
@@ -118,7 +120,7 @@ class CompareReport:
         return ratios
 
     def _variant_json(self, column: str, variant: Variant) -> dict[str, Any]:
-        entry = variant.stats().as_dict()
+        entry = variant.timing_json()
         emulated = self.run.emulated and column == "tvm"
         entry.update(label=VARIANT_LABELS[variant.key] + (" (emulated)" if emulated else ""),
                      throughput_ips=1e3 / entry["median_ms"],
@@ -177,6 +179,9 @@ def _prepare_one(name: str, board: Board, options: CompareOptions, work: str,
     """Import, tune, build and load one model; returns it with its input and reference."""
     from tvmc_attend.models import model_stats
 
+    if not options.trials:  # apply what is there, also a narrower CPU class's database
+        board = build_board(board, name, options.log_dir, layout=options.layout,
+                            warn=notes.append)
     progress(f"{name}: importing")
     prepared = prepare_model(ModelSource(model=name, input_size=options.input_size,
                                          seed=options.seed), layout=options.layout, board=board)
@@ -225,7 +230,7 @@ def run_compare(options: CompareOptions, board: Board, device: DeviceChoice = LO
                         f"({', '.join(options.models)})")
     device.require_for(board, "compare")
     session = device.connect()
-    require_cross_compiler(board)
+    require_toolchain(board)
     work = options.work_dir or tempfile.mkdtemp(prefix="tvmc-attend-compare-")
     notes: list[str] = []
     if board.is_remote:

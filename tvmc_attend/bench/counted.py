@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from tvmc_attend.compile.frontend import ModelSource
+from tvmc_attend.compile.lowering import DEFAULT_LAYOUT
 from tvmc_attend.compile.pipeline import compile_prepared
-from tvmc_attend.compile.prepare import DEFAULT_LAYOUT, PreparedModel, prepare_model
+from tvmc_attend.compile.prepare import PreparedModel, prepare_model
 from tvmc_attend.compile.tuning.database import TuningDatabase
 from tvmc_attend.compile.tuning.tune import extract_tasks
 from tvmc_attend.device.counting import CountingCore, Counts, GuestSpec

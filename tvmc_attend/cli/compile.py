@@ -79,8 +79,12 @@ def compile_command(
     typer.echo(f"  input {meta.input.name} {list(meta.input.shape)} {meta.input.dtype}, output "
                f"{list(meta.output.shape)}, library {meta.library_file} sha256 "
                f"{meta.library_sha256[:16]}...")
-    if meta.tuned and meta.tuning.extra.get("measured_by") == "counted":
-        typer.echo(f"  tuned by counting on an emulated {meta.tuning.extra.get('counted_on')} "
+    extra = meta.tuning.extra
+    if meta.tuned and extra.get("cpu_class"):
+        typer.echo(f"  tuning database for the {extra['cpu_class']} CPU class "
+                   f"({meta.tuning.database}), {extra.get('origin', 'origin not recorded')}")
+    if meta.tuned and extra.get("measured_by") == "counted":
+        typer.echo(f"  tuned by counting on an emulated {extra.get('counted_on')} "
                    f"core (instructions and simulated cache misses), not measured on a "
                    f"{board.name}: retune on a board (`tvmc-attend tune --rpc-tracker ...`) "
                    "for schedules chosen by its clock")

@@ -50,6 +50,9 @@ def check_command(
     print(f"database: {database.path}")
     print(f"identity: {info.model} for {info.target_name} {json.dumps(info.target)}; input "
           f"shapes {shapes}; {how}; TVM {info.tvm_version or '?'}; updated {info.updated}")
+    if info.cpu_class:
+        print(f"CPU class: {info.cpu_class} (applies on any CPU of it); "
+              f"{info.describe_origin()}")
     if holder:
         print(f"in use by {holder}: a torn last line may be a write in progress")
     print(f"workloads: {check.workloads} ({check.workload_lines} lines)")

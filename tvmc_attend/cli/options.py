@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from tvmc_attend.compile.lowering import DEFAULT_LAYOUT
+
 if TYPE_CHECKING:
     from tvmc_attend.compile.frontend import ModelSource
     from tvmc_attend.device.choice import DeviceChoice
@@ -40,9 +42,8 @@ EMULATE = typer.Option(False, "--emulate",
 LOG_DIR = typer.Option(None, "--log-dir", help="Tuning database root (default ./tuning_logs).")
 FUSE_DCAC = typer.Option(True, "--fuse-dcac/--no-fuse-dcac",
                          help="Replace each DC-AC block by our fused operator (default: on).")
-# Default: compile.prepare.DEFAULT_LAYOUT (not imported here: it imports TVM; a test checks).
 LAYOUT = typer.Option(
-    "blocked", "--layout",
+    DEFAULT_LAYOUT, "--layout",
     help="Layout convolutions compute in: blocked (channel-blocked NCHW{b}c where padding is "
          "cheap, NCHW elsewhere; default), nhwc, or nchw (as imported).")
 KEEP = typer.Option(None, "--keep", help="Keep the bundles in this directory.")
