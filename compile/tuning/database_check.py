@@ -89,6 +89,11 @@ class DatabaseCheck:
             if changed:
                 _write_lines(os.path.join(self.path, name), text)
 
+    def workload_mods(self) -> list[Any]:
+        """The kept workloads' modules, in file order (the indices the report prints)."""
+        return [_parse_workload(line).mod for line in self.workload_text.splitlines()
+                if line.strip()]
+
     def load(self) -> Any:
         """A JSONDatabase of the checked content, read-only: loaded from a private copy, so
         that neither a tune appending meanwhile nor a bad line can reach MetaSchedule."""

@@ -50,6 +50,13 @@ class MeasuredCandidates:
     def __len__(self) -> int:
         return len(self._secs)
 
+    def knows(self, scheduled_mod: Any) -> bool:
+        """Whether this scheduled module was measured already."""
+        return structural_hash(scheduled_mod) in self._secs
+
+    def add(self, scheduled_mod: Any, secs: list[float]) -> None:
+        self._secs[structural_hash(scheduled_mod)] = secs
+
     def replay_artifact(self, scheduled_mod: Any) -> str | None:
         """An artifact path standing for a known candidate, or None if it must be measured.
 

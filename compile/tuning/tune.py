@@ -28,6 +28,7 @@ from ..frontend import ModelSource
 from ..lowering import DEFAULT_LAYOUT, lowering_of
 from ..prepare import PreparedModel, legalize_and_fuse, prepare_model
 from .database import COUNTED, TIMED, TuningDatabase, count_records
+from .defaults import measure_defaults, missing_defaults
 from .intrinsics import load_tensor_intrinsics
 from .measure import MeasureEnvironment, make_measure_environment
 from .replay import MeasuredCandidates
@@ -102,6 +103,7 @@ class TuneResult:
     # counted on an emulated core: every "ms" below is then Mcycles of counted cost (see
     # counting_runner.CYCLE_SECS), never a latency
     counted: bool = False
+    defaults_measured: int = 0  # tasks whose default schedule this run added as a record
 
     @property
     def trials_per_minute(self) -> float:
@@ -127,7 +129,8 @@ class TuneResult:
             "model": self.model, "target": self.board, "database": self.database,
             "device": self.device, "emulated": self.emulated,
             "measured_by": "counted" if self.counted else "timed", "budget": self.budget,
-            "new_trials": self.new_trials, "seconds": round(self.seconds, 1),
+            "new_trials": self.new_trials, "defaults_measured": self.defaults_measured,
+            "seconds": round(self.seconds, 1),
             "trials_per_minute": round(self.trials_per_minute, 1),
             total: self.estimated_ms, "stopped": self.stopped,
             "tasks": [{"task": t.name, "flops": t.flops, "calls": t.weight,
@@ -282,16 +285,23 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
                         tasks=plan.states, emulated=device.emulated,
                         device=device.description, counted=device.counted,
                         budget=min(options.trials, sum(s.budget for s in plan.states)))
-    if plan.pending and plan.remaining:
+    target = board.tvm_target()
+    measured = MeasuredCandidates.from_database(database, task_mods)
+    defaults = missing_defaults(task_mods, target, measured)
+    if defaults or (plan.pending and plan.remaining):
         log_dir = os.path.join(db_dir.path, "logs")
-        measure_env = _set_up_measurement(board, database, [task_mods[i] for i in plan.pending],
-                                          device, workers, log_dir)
+        measure_env = _set_up_measurement(board, measured, device, workers, log_dir)
         start = time.perf_counter()
         with (measure_env.stop.on_sigint(),
               _native_stderr_to(os.path.join(log_dir, "native.log"))):
             try:
-                _tune_pending(extracted, plan, board, options, database, db_dir.path,
-                              log_dir, measure_env, result, on_progress, start)
+                # first, what an untuned build would run: the search must beat it
+                result.defaults_measured = measure_defaults(
+                    defaults, target, measure_env.builder, measure_env.runner, database,
+                    measured)
+                if plan.pending and plan.remaining:
+                    _tune_pending(extracted, plan, board, options, database, db_dir.path,
+                                  log_dir, measure_env, result, on_progress, start)
             except (StopRequested, RuntimeError):
                 # Our callbacks unwind MetaSchedule's loop by raising; the FFI turns that into
                 # a bare RuntimeError, so the flag, not the exception, says whether this was a
@@ -326,15 +336,14 @@ def _measuring_machine(board: Board, device: DeviceChoice) -> str | None:
             f"{board.thread_count()} TVM threads")
 
 
-def _set_up_measurement(board: Board, database: Any, pending_mods: list[Any],
-                        device: DeviceChoice, workers: int, log_dir: str) -> MeasureEnvironment:
+def _set_up_measurement(board: Board, measured: MeasuredCandidates, device: DeviceChoice,
+                        workers: int, log_dir: str) -> MeasureEnvironment:
     """Everything MetaSchedule needs before its first candidate: quiet logs, the board's
-    tensor intrinsics and our schedule rules registered, the database's known candidates
-    indexed (never measured twice), and the builder and runner."""
+    tensor intrinsics and our schedule rules registered, and the builder and runner (which
+    answer the candidates ``measured`` knows without measuring them again)."""
     _quiet_metaschedule(log_dir)
     load_tensor_intrinsics(board)
     register_rules()  # the fused DC-AC operator's design spaces
-    measured = MeasuredCandidates.from_database(database, pending_mods)
     return make_measure_environment(board, device.spec, measured, StopFlag(), workers=workers,
                                     counted=device.counted)
 

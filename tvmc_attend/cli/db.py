@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import typer
 
@@ -68,6 +69,8 @@ def check_command(
     if check.unreplayable is not None:
         print(f"unreplayable records: {check.unreplayable} (trace does not replay as recorded "
               "on its workload)")
+    if deep:
+        _print_defaults(check, info)
     if not check.problems:
         print("ok")
     elif repair:
@@ -77,6 +80,23 @@ def check_command(
         print(f"{check.problems} problem{'' if check.problems == 1 else 's'}: run "
               f"`tvmc-attend db check {flags} {directory}` to repair them")
         raise typer.Exit(1)
+
+
+def _print_defaults(check: Any, info: Any) -> None:
+    """--deep: the workloads whose default schedule (our operators') no record beats, and
+    those whose default was never measured (databases tuned before defaults were)."""
+    import tvm
+
+    from tvmc_attend.compile.tuning.defaults import default_scheduled, default_verdicts
+
+    target = tvm.target.Target(info.target)
+    mods = check.workload_mods()
+    verdicts = default_verdicts(check.load(), mods, target)
+    wins = [i for i, v in enumerate(verdicts) if v]
+    unmeasured = [i for i, (v, mod) in enumerate(zip(verdicts, mods, strict=True))
+                  if v is None and default_scheduled(mod, target) is not None]
+    print(f"default schedules: no record beats the default on {len(wins)} workloads "
+          f"{wins}; never measured on {len(unmeasured)} {unmeasured}")
 
 
 def register(app: typer.Typer) -> None:

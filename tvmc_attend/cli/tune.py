@@ -116,6 +116,9 @@ def tune_command(
     console = Console(width=None if Console().is_terminal else 160)
     console.print(task_table(result, f"{result.model} on {result.board}"))
     console.print(summary_line(result))
+    if result.defaults_measured:
+        console.print(f"default schedules measured: {result.defaults_measured} (what an "
+                      "untuned build runs; the search's records must beat them to be used)")
     console.print(f"database: {result.database}")
     if json_path:
         from tvmc_attend.files import write_json_atomic

@@ -1,0 +1,108 @@
+"""Tuning never ships a slowdown: each task's default schedule is measured as a candidate.
+
+An untuned build gives our operators (the fused DC-AC, the blocked convolution) their default
+schedules (``schedules/default.py``); a build with a database applies the best record instead.
+If the search never tried the default, or tried it and found only worse, the "tuned" build
+could run slower than the untuned one (9 of 41 rpi4 tasks did). So before searching, ``tune``
+measures every task's default schedule with the run's own builder and runner and commits it as
+a record: the database's best is then never slower than the default, as measured, and
+``compile`` applies whichever wins. ``default_wins`` says, per task, whether it still does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from tvm_ffi import structural_hash
+
+from tvmc_attend.schedules.default import DEFAULTS, operator_rule
+
+from .database import measured_secs
+from .replay import MeasuredCandidates
+
+
+def default_scheduled(mod: Any, target: Any) -> Any | None:
+    """The ``tvm.s_tir.Schedule`` of task ``mod`` under its operator's default knobs, or None
+    when the task holds none of our operators (TVM's own kernels have no default: unscheduled
+    loops, which any record beats)."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(mod)
+    rule = operator_rule(sch)
+    if rule is None:
+        return None
+    DEFAULTS[rule](sch, target)
+    return sch
+
+
+def missing_defaults(task_mods: list[Any], target: Any,
+                     measured: MeasuredCandidates) -> list[tuple[Any, Any]]:
+    """(task, its default-scheduled Schedule) for every task that has a default schedule the
+    database has not measured yet."""
+    missing = []
+    for mod in task_mods:
+        sch = default_scheduled(mod, target)
+        if sch is not None and not measured.knows(sch.mod):
+            missing.append((mod, sch))
+    return missing
+
+
+def measure_defaults(missing: list[tuple[Any, Any]], target: Any, builder: Any, runner: Any,
+                     database: Any, measured: MeasuredCandidates) -> int:
+    """Build, run and commit the default schedules ``missing_defaults`` found, with the run's
+    own builder and runner. Returns how many were committed; one that fails to run is
+    recorded as failed, as MetaSchedule records any candidate (one that fails to build is
+    left out: the untuned build would fail the same way)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not missing:
+        return 0
+    builds = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in missing])
+    runnable = [(mod, sch, b) for (mod, sch), b in zip(missing, builds, strict=True)
+                if b.error_msg is None]
+    args = [ms.arg_info.ArgInfo.from_prim_func(mod["main"]) for mod, _, _ in runnable]
+    # every target here is a CPU ("cpu": what MetaSchedule's task scheduler passes for llvm)
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", a)
+                          for (_, _, b), a in zip(runnable, args, strict=True)])
+    for (mod, sch, build), arg, future in zip(runnable, args, futures, strict=True):
+        result = future.result()
+        ok = result.error_msg is None and result.run_secs
+        secs = [float(s) for s in result.run_secs] if ok else [1e10]
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, database.commit_workload(mod), secs, target, arg))
+        measured.add(sch.mod, secs)
+        if build.artifact_path and not measured.is_replay(build.artifact_path):
+            shutil.rmtree(os.path.dirname(build.artifact_path), ignore_errors=True)
+    return len(runnable)
+
+
+def default_verdicts(database: Any, workload_mods: list[Any], target: Any) -> list[bool | None]:
+    """Per workload: True when its default schedule is still its best record (the search found
+    nothing faster), False when a record beats it, None when it has no default or its default
+    was never measured (a database tuned before defaults were). Replays every record once."""
+    best: dict[int, tuple[float, int]] = {}  # workload hash -> (mean secs, scheduled hash)
+    seen: dict[int, set[int]] = {}
+    for record in database.get_all_tuning_records():
+        secs = measured_secs(record)
+        if secs is None:
+            continue
+        try:
+            scheduled = structural_hash(record.as_measure_candidate().sch.mod)
+        except Exception:  # a trace that no longer replays
+            continue
+        key = structural_hash(record.workload.mod)
+        seen.setdefault(key, set()).add(scheduled)
+        mean = sum(secs) / len(secs)
+        if key not in best or mean < best[key][0]:
+            best[key] = (mean, scheduled)
+    verdicts: list[bool | None] = []
+    for mod in workload_mods:
+        sch = default_scheduled(mod, target)
+        key = structural_hash(mod)
+        if sch is None or structural_hash(sch.mod) not in seen.get(key, ()):
+            verdicts.append(None)
+        else:
+            verdicts.append(best[key][1] == structural_hash(sch.mod))
+    return verdicts
