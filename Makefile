@@ -4,7 +4,7 @@ VENV := .venv
 CLI := $(VENV)/bin/tvmc-attend
 OUT := out
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast bench lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,10 +20,13 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -m "not bench" --durations=25
+
+bench: setup
+	$(VENV)/bin/python -m pytest -q -m bench
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow and not emulated"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not emulated and not bench"
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -29,7 +29,7 @@ def build_board(board: Board, model_name: str, log_dir: str | None = None,
     if database_dir:
         candidates = [TuningDatabase(database_dir)]
     else:
-        candidates = [TuningDatabase.for_model(log_dir, get_board(c.preset), model_name)
+        candidates = [TuningDatabase.to_apply(log_dir, get_board(c.preset), model_name)
                       for c in classes_here()]
     for db in candidates:
         if not db.exists():

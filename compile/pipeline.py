@@ -42,7 +42,7 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
     if database_dir:
         db_dir = named_database(database_dir, board, lowering)
     else:
-        db_dir = TuningDatabase.for_model(log_dir, board, model_name)
+        db_dir = TuningDatabase.to_apply(log_dir, board, model_name)
     if not db_dir.exists():
         warnings.append(f"no tuning database at {db_dir.path}: building untuned (run "
                         f"`tvmc-attend tune --model {model_name} --target {board.name}`)")

@@ -153,21 +153,34 @@ def test_spearman() -> None:
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
 
 
-@pytest.mark.slow
-def test_counted_cost_ranks_sampled_conv_schedules_like_the_clock() -> None:
-    """The rank check itself, small: 3 conv tasks x 5 sampled schedules of AttendNeXt at 64 px,
-    timed here and counted under qemu-x86_64. So few, so small candidates rank noisily (pooled
-    0.49-0.79 in two runs): the test asserts that the counted cost carries signal, the
-    full-size figures (64 candidates) are in docs/benchmarks.md."""
+def _small_rank_check():
+    """3 conv tasks x 5 sampled schedules of AttendNeXt at 64 px, timed here and counted
+    under qemu-x86_64."""
     from tvmc_attend.bench.counted import rank_check
     from tvmc_attend.compile.frontend import ModelSource
 
-    report = rank_check(ModelSource(model="attendnext", input_size=64), tasks=3, candidates=5,
-                        progress=lambda _m: None)
+    return rank_check(ModelSource(model="attendnext", input_size=64), tasks=3, candidates=5,
+                      progress=lambda _m: None)
+
+
+@pytest.mark.slow
+def test_rank_check_times_and_counts_sampled_conv_schedules() -> None:
+    """The rank check's plumbing, small: every sampled candidate is exported, timed and
+    counted, and the counts tell candidates apart."""
+    report = _small_rank_check()
     assert len(report.candidates) >= 12
     assert len(report.per_task) == 3
     assert all(c["timed_ms"] > 0 and c["counted_mcycles"] > 0 for c in report.candidates)
     assert len({round(c["counted_mcycles"], 3) for c in report.candidates}) > 3
+    assert -1.0 <= report.pooled <= 1.0
+
+
+@pytest.mark.bench  # a measurement of the cost model's quality, machine-dependent: `make bench`
+def test_counted_cost_ranks_sampled_conv_schedules_like_the_clock() -> None:
+    """Does the counted cost carry signal on this machine? Pooled 0.49-0.79 in two runs on a
+    Zen 5 VM, -0.04 and -0.01 on a Zen 4 VM (Dec 2026): the counted model is blind to what
+    separates these tiny candidates there (issue 21). Full-size figures: docs/benchmarks.md."""
+    report = _small_rank_check()
     assert report.pooled > 0.0, report.as_json()
 
 

@@ -122,3 +122,20 @@ def test_unknown_class_preset_on_cli(tmp_path) -> None:
     result = run_cli("compile", "--model", "dcac", "--target", "host-avx3", "-o",
                      tmp_path / "x", timeout=120)
     assert_cli_error(result, "unknown target 'host-avx3'", "host-avx2", "host-avx512")
+
+
+def test_shipped_databases_are_found_from_any_directory(tmp_path, monkeypatch) -> None:
+    """Package data: a user elsewhere gets the shipped database; their own ./tuning_logs
+    one (what `tune` writes) wins over it; --log-dir is taken as given."""
+    from tvmc_attend.compile.tuning.database import TuningDatabase
+
+    rpi4 = get_board("rpi4")
+    monkeypatch.chdir(tmp_path)
+    shipped = TuningDatabase.to_apply(None, rpi4, "attendnext")
+    assert shipped.exists() and Path(shipped.path) == REPO / "tuning_logs" / "rpi4" / "attendnext"
+    own = _database(tmp_path / "tuning_logs", "host-avx2", "attendnext").parent.parent
+    assert TuningDatabase.to_apply(None, get_board("host-avx2"), "attendnext").path == \
+        str(own / "host-avx2" / "attendnext")
+    given = TuningDatabase.to_apply(str(tmp_path / "elsewhere"), rpi4, "attendnext")
+    assert given.path == str(tmp_path / "elsewhere" / "rpi4" / "attendnext")
+    assert not given.exists()

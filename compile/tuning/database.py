@@ -96,7 +96,20 @@ class TuningDatabase:
 
     @classmethod
     def for_model(cls, log_dir: str | None, board: Board, model: str) -> TuningDatabase:
+        """Where ``tune`` writes: ``log_dir``, else ``./tuning_logs``."""
         return cls(os.path.join(log_dir or DEFAULT_LOG_DIR, board.database_name, model))
+
+    @classmethod
+    def to_apply(cls, log_dir: str | None, board: Board, model: str) -> TuningDatabase:
+        """Where ``compile`` looks: ``log_dir`` when given; else the user's own
+        ``./tuning_logs`` database when there is one, else the one shipped with the package
+        (found wherever the user stands)."""
+        own = cls.for_model(log_dir, board, model)
+        if log_dir or own.exists():
+            return own
+        from tvmc_attend.tuning_logs import SHIPPED_DIR
+
+        return cls.for_model(str(SHIPPED_DIR), board, model)
 
     @property
     def info_path(self) -> str:
