@@ -22,6 +22,7 @@ from helpers import (
     RTOL,
     assert_cli_error,
     assert_depends_on_input,
+    cli_here,
     import_bundle_loader,
     inputs,
     kill_group,
@@ -93,7 +94,7 @@ def test_the_default_schedule_is_measured_first(tuned) -> None:
     """What an untuned build runs is a record, so the best record is never slower than it
     (as measured); `db check --deep` says whether the search beat it."""
     assert "default schedules measured: 1 " in tuned.stdout, tuned.stdout
-    result = run_cli("db", "check", "--deep", tuned.database)
+    result = cli_here("db", "check", "--deep", tuned.database)
     assert result.returncode == 0, output(result)
     found = re.search(r"default schedules: no record beats the default on ([01]) workloads "
                       r"\[0?\]; never measured on 0 \[\]", result.stdout)
@@ -103,7 +104,7 @@ def test_the_default_schedule_is_measured_first(tuned) -> None:
 def test_compile_applies_the_database(tuned, tmp_path) -> None:
     records = record_count(tuned.database)
     bundle = tmp_path / "tuned"
-    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+    result = cli_here("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
                      "--log-dir", tuned.log_dir, "-o", bundle)
     assert result.returncode == 0, output(result)
     assert f"tuned, {records} records" in result.stdout, result.stdout
@@ -150,8 +151,8 @@ def test_benchmark_measures_every_variant_side_by_side(tuned, tmp_path) -> None:
 
 
 def test_untuned_flag_ignores_the_database(tuned, tmp_path) -> None:
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.pipeline import compile_bundle
+    from tvmc_attend.compiler.frontend import ModelSource
+    from tvmc_attend.compiler.pipeline import compile_bundle
 
     warnings: list[str] = []
     meta = compile_bundle(ModelSource(MODEL, input_size=SIZE), get_board("host"),
@@ -160,21 +161,62 @@ def test_untuned_flag_ignores_the_database(tuned, tmp_path) -> None:
     assert meta.tuned is False and meta.tuning.database is None and not warnings
 
 
-def test_rerun_measures_nothing_new(tuned) -> None:
+def test_rerun_measures_nothing_new_and_a_larger_budget_only_new_candidates(tuned) -> None:
     before = record_count(tuned.database)
     done_before, _budget, _new = tune_summary(tuned.stdout)
     result = tune(tuned.log_dir, 12)
     assert result.returncode == 0, output(result)
-    done, budget, new = tune_summary(result.stdout)
-    assert new == 0 and "(0 new," in result.stdout, result.stdout
-    assert done >= done_before
-    replayed = done - done_before  # candidates the search offered again, answered from the db
-    grown = record_count(tuned.database) - before
-    assert 0 <= grown <= replayed, (grown, replayed)
+    done, _budget, new = tune_summary(result.stdout)
+    assert new == 0 and "(0 new" in result.stdout, result.stdout
+    assert done == done_before and record_count(tuned.database) == before
+
+    # Resumed with a larger budget: MetaSchedule's search offers the database's best again
+    # (it forgets across runs what it measured); those are answered from the database, cost
+    # no budget and are not recorded twice.
+    result = tune(tuned.log_dir, before + 10)  # the budget counts records: 10 more
+    assert result.returncode == 0, output(result)
+    done, _budget, new = tune_summary(result.stdout)
+    assert new >= 10 and done == before + new, result.stdout
+    assert record_count(tuned.database) == before + new, result.stdout
+    assert distinct_records(tuned.database) == record_count(tuned.database)
+
+
+def test_a_new_database_warm_starts_from_a_seed(tuned, tmp_path) -> None:
+    """A new database measures the seed's best schedules of each task first, on its own clock
+    (the seed's run times are not copied)."""
+    records = [json.loads(line) for line in
+               (tuned.database / "database_tuning_record.json").read_text().splitlines()]
+    best: dict[int, tuple[float, str]] = {}  # seed workload -> (mean secs, trace)
+    for workload, (trace, secs, *_rest) in records:
+        mean = sum(secs) / len(secs)
+        if workload not in best or mean < best[workload][0]:
+            best[workload] = (mean, json.dumps(trace))
+    log_dir = tmp_path / "logs"
+    result = tune(log_dir, 4, "--warm-start-from", tuned.log_dir)
+    assert result.returncode == 0, output(result)
+    found = re.search(r"warm start: (\d+) schedules of (\S+) \(timed on ", result.stdout)
+    assert found and found[2] == str(tuned.database), result.stdout
+    seeded = int(found[1])
+    assert seeded >= len(best) - 1, result.stdout  # a task's best may be its default schedule
+    database = log_dir / HOST_DB / MODEL
+    traces = [json.dumps(json.loads(line)[1][0]) for line in
+              (database / "database_tuning_record.json").read_text().splitlines()]
+    assert {trace for _secs, trace in best.values()} <= set(traces)
+    _done, _budget, new = tune_summary(result.stdout)
+    assert len(traces) == 1 + seeded + new  # the default schedule, the seed's, the search's
+
+    assert_cli_error(run_cli(*TUNE, "--log-dir", tmp_path / "other", "--warm-start-from",
+                             tmp_path / "nowhere"), "to warm-start from")
+
+
+def distinct_records(database: Path) -> int:
+    """Records with distinct (workload, trace): a candidate recorded twice counts once."""
+    lines = (database / "database_tuning_record.json").read_text().splitlines()
+    return len({json.dumps([rec[0], rec[1][0]]) for rec in map(json.loads, lines)})
 
 
 def test_compile_refuses_a_database_of_another_target(tuned, tmp_path) -> None:
-    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "rpi4",
+    result = cli_here("compile", "--model", MODEL, "--input-size", SIZE, "--target", "rpi4",
                      "--database", tuned.database, "-o", tmp_path / "out")
     assert_cli_error(result, f"tuning database {tuned.database} was tuned for target host",
                      "not rpi4")
@@ -201,7 +243,7 @@ def test_log_dir_with_a_database_of_another_target(tuned, tmp_path) -> None:
     result = tune(tmp_path / "logs", 12)
     assert_cli_error(result, f"tuning database {db} was tuned for target rpi4", "not host")
     assert record_count(db) == records
-    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+    result = cli_here("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
                      "--log-dir", tmp_path / "logs", "-o", tmp_path / "out")
     assert result.returncode == 0, output(result)
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -220,7 +262,7 @@ def test_a_database_from_another_cpu_of_the_class_applies(tuned, tmp_path) -> No
     db = _foreign_copy(tuned, tmp_path / "logs",
                        target=dict(host.resolved_target_dict(), mcpu=other),
                        tuned_on=[f"another CPU ({other}), code for {other}, 2 TVM threads"])
-    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+    result = cli_here("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
                      "--log-dir", tmp_path / "logs", "-o", tmp_path / "out")
     assert result.returncode == 0, output(result)
     assert f"for the {host.isa_class.name} CPU class ({db})" in result.stdout, output(result)
@@ -236,7 +278,7 @@ def test_named_database_from_another_host_cpu_is_refused(tuned, tmp_path) -> Non
     target = dict(get_board("host").resolved_target_dict(), mcpu="cortex-a53")
     db = _foreign_copy(tuned, tmp_path / "logs", target=target, cpu_class="")
     start = time.monotonic()
-    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+    result = cli_here("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
                      "--database", db, "-o", tmp_path / "out")
     assert_cli_error(result, "was tuned for target host", "cortex-a53")
     assert time.monotonic() - start < 60  # refused before the import and build

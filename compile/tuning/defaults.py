@@ -5,14 +5,13 @@ schedules (``schedules/default.py``); a build with a database applies the best r
 If the search never tried the default, or tried it and found only worse, the "tuned" build
 could run slower than the untuned one (9 of 41 rpi4 tasks did). So before searching, ``tune``
 measures every task's default schedule with the run's own builder and runner and commits it as
-a record: the database's best is then never slower than the default, as measured, and
-``compile`` applies whichever wins. ``default_wins`` says, per task, whether it still does.
+a record (``measure.measure_schedules``): the database's best is then never slower than the
+default, as measured, and ``compile`` applies whichever wins. ``default_verdicts`` says, per
+task, whether it still does.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 from tvm_ffi import structural_hash
@@ -47,35 +46,6 @@ def missing_defaults(task_mods: list[Any], target: Any,
         if sch is not None and not measured.knows(sch.mod):
             missing.append((mod, sch))
     return missing
-
-
-def measure_defaults(missing: list[tuple[Any, Any]], target: Any, builder: Any, runner: Any,
-                     database: Any, measured: MeasuredCandidates) -> int:
-    """Build, run and commit the default schedules ``missing_defaults`` found, with the run's
-    own builder and runner. Returns how many were committed; one that fails to run is
-    recorded as failed, as MetaSchedule records any candidate (one that fails to build is
-    left out: the untuned build would fail the same way)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    if not missing:
-        return 0
-    builds = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in missing])
-    runnable = [(mod, sch, b) for (mod, sch), b in zip(missing, builds, strict=True)
-                if b.error_msg is None]
-    args = [ms.arg_info.ArgInfo.from_prim_func(mod["main"]) for mod, _, _ in runnable]
-    # every target here is a CPU ("cpu": what MetaSchedule's task scheduler passes for llvm)
-    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", a)
-                          for (_, _, b), a in zip(runnable, args, strict=True)])
-    for (mod, sch, build), arg, future in zip(runnable, args, futures, strict=True):
-        result = future.result()
-        ok = result.error_msg is None and result.run_secs
-        secs = [float(s) for s in result.run_secs] if ok else [1e10]
-        database.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, database.commit_workload(mod), secs, target, arg))
-        measured.add(sch.mod, secs)
-        if build.artifact_path and not measured.is_replay(build.artifact_path):
-            shutil.rmtree(os.path.dirname(build.artifact_path), ignore_errors=True)
-    return len(runnable)
 
 
 def default_verdicts(database: Any, workload_mods: list[Any], target: Any) -> list[bool | None]:

@@ -9,6 +9,8 @@ parallel: the tracker is the device farm.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +117,36 @@ def make_measure_environment(board: Board, remote: RemoteSpec | None,
                                    stop=stop)
     return MeasureEnvironment(builder, ReplayingRunner(inner, measured), remote=True, stop=stop,
                               measured=measured)
+
+
+def measure_schedules(candidates: list[tuple[Any, Any]], target: Any, env: MeasureEnvironment,
+                      database: Any) -> int:
+    """Build, run and commit ``candidates`` ((task workload, ``tvm.s_tir.Schedule`` of it);
+    schedules chosen outside the search: default schedules, a seed database's best) with the
+    run's own builder and runner, before the search. Returns how many were committed; one
+    that fails to run is recorded as failed, as MetaSchedule records any candidate (one that
+    fails to build is left out: no build could use it)."""
+    fresh = [(mod, sch) for mod, sch in candidates if not env.measured.knows(sch.mod)]
+    if not fresh:
+        return 0
+    builds = env.builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in fresh])
+    runnable = [(mod, sch, b) for (mod, sch), b in zip(fresh, builds, strict=True)
+                if b.error_msg is None]
+    args = [ms.arg_info.ArgInfo.from_prim_func(mod["main"]) for mod, _, _ in runnable]
+    # every target here is a CPU ("cpu": what MetaSchedule's task scheduler passes for llvm)
+    futures = env.runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu", a)
+                              for (_, _, b), a in zip(runnable, args, strict=True)])
+    for (mod, sch, build), arg, future in zip(runnable, args, futures, strict=True):
+        result = future.result()
+        ok = result.error_msg is None and result.run_secs
+        secs = [float(s) for s in result.run_secs] if ok else [1e10]
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, database.commit_workload(mod), secs, target, arg))
+        env.measured.add(sch.mod, secs)
+        if build.artifact_path and not env.measured.is_replay(build.artifact_path):
+            shutil.rmtree(os.path.dirname(build.artifact_path), ignore_errors=True)
+        env.stop.check()
+    return len(runnable)
 
 
 @derived_object

@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture, RunnerResult
 from tvm_ffi import structural_hash
 
@@ -104,3 +105,31 @@ class ReplayingRunner(PyRunner):
             if inp.artifact_path in self.measured.replayed else next(fresh_futures)
             for inp in runner_inputs
         ]
+
+
+@derived_object
+class RecordNewCandidates(PyMeasureCallback):
+    """MetaSchedule's AddToDatabase, minus the replays: a candidate answered from the database
+    is there already, and committing it again would grow the database with duplicates that a
+    later run counts as trials."""
+
+    def __init__(self, database: Any, measured: MeasuredCandidates) -> None:
+        super().__init__()
+        self.database = database
+        self.measured = measured
+
+    def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list,
+              builder_results: list, runner_results: list) -> None:
+        from tvm.s_tir.meta_schedule.database import TuningRecord
+
+        ctx = task_scheduler.tasks_[task_id].ctx
+        workload = self.database.commit_workload(ctx.mod)
+        for candidate, build, run in zip(measure_candidates, builder_results, runner_results,
+                                         strict=True):
+            if self.measured.is_replay(build.artifact_path):
+                continue
+            # as AddToDatabase: a candidate that failed to build or run is recorded as failed
+            secs = [float(s) for s in run.run_secs] if run.run_secs else [1e10]
+            self.database.commit_tuning_record(TuningRecord(
+                candidate.sch.trace, workload, secs, ctx.target, candidate.args_info))
+            self.measured.add(candidate.sch.mod, secs)

@@ -53,14 +53,26 @@ def latency_share_pick(states: Sequence[Any], alive: Sequence[int], first_round:
 class LatencyShareScheduler(PyTaskScheduler):
     """A MetaSchedule task scheduler over ``states`` (one TaskState per task, kept current by
     the progress callback: ``done``, ``best_ms``, ``batches``; ``budget``: its most trials,
-    records included); ``batch``: candidates per search round."""
+    records included); ``batch``: candidates per search round; ``new_trials``: the run's
+    budget in newly measured candidates (a candidate answered from the database is none)."""
 
-    def __init__(self, states: Sequence[Any], batch: int) -> None:
+    def __init__(self, states: Sequence[Any], batch: int, new_trials: int | None = None) -> None:
         super().__init__()
         self.states = list(states)
         self.batch = batch  # candidates per search round
+        # the run's budget in new candidates (``measured``; replays are not trials)
+        self.new_trials = new_trials
+        self._measured_at_start = sum(s.measured for s in self.states)
         # batches joined when the task was last sent one
         self._sent_at: list[int | None] = [None] * len(self.states)
+
+    def _alive(self, tasks: Any) -> list[int]:
+        """Tasks MetaSchedule still runs that have budget left."""
+        return [i for i in range(len(self.states))
+                if not tasks[i].is_terminated and self.states[i].done < self.states[i].budget]
+
+    def _new_measured(self) -> int:
+        return sum(s.measured for s in self.states) - self._measured_at_start
 
     def _in_flight(self, i: int) -> bool:
         return self._sent_at[i] is not None and self.states[i].batches == self._sent_at[i]
@@ -71,11 +83,18 @@ class LatencyShareScheduler(PyTaskScheduler):
         for i in range(len(self.states)):  # land every finished batch first
             if not tasks[i].is_terminated and self._in_flight(i):
                 _ffi_api.TaskSchedulerTouchTask(outer, i)
-        alive = [i for i in range(len(self.states))
-                 if not tasks[i].is_terminated and self.states[i].done < self.states[i].budget]
+        alive = self._alive(tasks)
+        in_flight = [i for i in alive if self._in_flight(i)]
+        if (self.new_trials is not None
+                and self._new_measured() + self.batch * len(in_flight) >= self.new_trials):
+            # the batches in flight may fill the budget, or be replays: land them first
+            for i in in_flight:
+                self.join_running_task(i)
+            if self._new_measured() >= self.new_trials:
+                return -1
+            alive, in_flight = self._alive(tasks), []
         if not alive:
             return -1
-        in_flight = [i for i in alive if self._in_flight(i)]
         pick = latency_share_pick(self.states, alive, first_round=self.batch,
                                   in_flight=in_flight, batch=self.batch)
         if self._in_flight(pick):

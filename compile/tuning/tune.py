@@ -6,6 +6,10 @@ by the time they can still save (``scheduler.LatencyShareScheduler``), each capp
 ``trials_per_task`` when given. Every measured candidate is appended to the database as it
 arrives, so Ctrl-C or a lost device keeps every record measured so far. A run holds its
 database's lock (``TuningDatabase.lock``) throughout: a second run on the same database waits.
+Before the search, each task's default schedule is measured (``defaults``) and, for tasks the
+database has no record of, the shipped database's best (``seed``). MetaSchedule's search offers
+schedules the database holds again (it forgets across runs what it measured): those are
+answered from the database (``replay``) and cost no budget.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +32,13 @@ from ..frontend import ModelSource
 from ..lowering import DEFAULT_LAYOUT, lowering_of
 from ..prepare import PreparedModel, legalize_and_fuse, prepare_model
 from .database import COUNTED, TIMED, TuningDatabase, count_records
-from .defaults import measure_defaults, missing_defaults
+from .defaults import missing_defaults
 from .intrinsics import load_tensor_intrinsics
-from .measure import MeasureEnvironment, make_measure_environment
-from .replay import MeasuredCandidates
+from .measure import MeasureEnvironment, make_measure_environment, measure_schedules
+from .progress import ProgressHook, TaskState, TuneResult, at_most_every
+from .replay import MeasuredCandidates, RecordNewCandidates
 from .scheduler import LatencyShareScheduler
+from .seed import Seed, find_seed, seed_schedules
 from .stop import StopFlag, StopRequested
 
 MS_LOGGER = "tvm.s_tir.meta_schedule"
@@ -53,6 +59,10 @@ class TuneOptions:
     # Another tune holding the database: wait for it (True) or raise a UserError naming it.
     wait: bool = True
     layout: str = DEFAULT_LAYOUT  # what convolutions compute in (compile.prepare.LAYOUTS)
+    # tasks without records start from the best of the shipped database, or of the one of
+    # this target and model under ``seed_dir`` (seed.py)
+    warm_start: bool = True
+    seed_dir: str | None = None
 
     def search_strategy(self) -> Any:
         from tvm.s_tir import meta_schedule as ms
@@ -62,97 +72,6 @@ class TuneOptions:
             init_min_unmeasured=min(50, self.population_size // 2),
             genetic_num_iters=self.genetic_num_iters,
         )
-
-
-@dataclass
-class TaskState:
-    """Live state of one tuning task (shown by the progress display, returned at the end)."""
-
-    name: str
-    weight: float
-    budget: int
-    previous: int
-    measured: int = 0
-    replayed: int = 0  # offered again by the search, answered from the database
-    best_ms: float | None = None
-    errors: int = 0
-    flops: float = 0.0  # per call, as MetaSchedule estimates them
-    batches: int = 0  # batches joined this run (some hold no candidate)
-
-    @property
-    def done(self) -> int:
-        return self.previous + self.measured + self.replayed
-
-    @property
-    def gflops(self) -> float | None:
-        return self.flops / self.best_ms / 1e6 if self.best_ms else None
-
-
-@dataclass
-class TuneResult:
-    model: str
-    board: str
-    database: str
-    tasks: list[TaskState]
-    new_trials: int = 0
-    seconds: float = 0.0
-    stopped: str | None = None  # why the run ended early (Ctrl-C, lost device), if it did
-    emulated: bool = False
-    device: str = "local"
-    budget: int = 0
-    # counted on an emulated core: every "ms" below is then Mcycles of counted cost (see
-    # counting_runner.CYCLE_SECS), never a latency
-    counted: bool = False
-    defaults_measured: int = 0  # tasks whose default schedule this run added as a record
-
-    @property
-    def trials_per_minute(self) -> float:
-        return 60.0 * self.new_trials / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def estimated_ms(self) -> float | None:
-        """Sum over tasks of weight x best latency; None until every task has one."""
-        if not self.tasks or any(t.best_ms is None for t in self.tasks):
-            return None
-        return sum(t.weight * t.best_ms for t in self.tasks)
-
-    def share(self, task: TaskState) -> float | None:
-        """The task's part of the estimated model latency (calls x best ms)."""
-        total = self.estimated_ms
-        return task.weight * task.best_ms / total if total and task.best_ms else None
-
-    def as_json(self) -> dict[str, Any]:
-        # Counted costs are named as what they are, never as milliseconds or GFLOP/s.
-        best, total = ("best_counted_mcycles", "counted_mcycles") if self.counted else \
-            ("best_ms", "estimated_ms")
-        return {
-            "model": self.model, "target": self.board, "database": self.database,
-            "device": self.device, "emulated": self.emulated,
-            "measured_by": "counted" if self.counted else "timed", "budget": self.budget,
-            "new_trials": self.new_trials, "defaults_measured": self.defaults_measured,
-            "seconds": round(self.seconds, 1),
-            "trials_per_minute": round(self.trials_per_minute, 1),
-            total: self.estimated_ms, "stopped": self.stopped,
-            "tasks": [{"task": t.name, "flops": t.flops, "calls": t.weight,
-                       best: t.best_ms, **({} if self.counted else {"gflops": t.gflops}),
-                       "share": self.share(t), "trials": t.done, "new_trials": t.measured,
-                       "errors": t.errors}
-                      for t in self.tasks],
-        }
-
-
-ProgressHook = Callable[[TuneResult], None]
-
-
-def at_most_every(seconds: float, hook: ProgressHook) -> ProgressHook:
-    """``hook`` called at most once per ``seconds`` (tuning reports every measured batch)."""
-    last = [-seconds]
-
-    def throttled(result: TuneResult) -> None:
-        if time.monotonic() - last[0] >= seconds:
-            last[0] = time.monotonic()
-            hook(result)
-    return throttled
 
 
 def _quiet_metaschedule(log_dir: str) -> None:
@@ -288,7 +207,8 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
     target = board.tvm_target()
     measured = MeasuredCandidates.from_database(database, task_mods)
     defaults = missing_defaults(task_mods, target, measured)
-    if defaults or (plan.pending and plan.remaining):
+    seed = _seed(db_dir, board, prepared, task_mods, plan, options)
+    if defaults or (seed and seed.schedules) or (plan.pending and plan.remaining):
         log_dir = os.path.join(db_dir.path, "logs")
         measure_env = _set_up_measurement(board, measured, device, workers, log_dir)
         start = time.perf_counter()
@@ -296,9 +216,14 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
               _native_stderr_to(os.path.join(log_dir, "native.log"))):
             try:
                 # first, what an untuned build would run: the search must beat it
-                result.defaults_measured = measure_defaults(
-                    defaults, target, measure_env.builder, measure_env.runner, database,
-                    measured)
+                result.defaults_measured = measure_schedules(defaults, target, measure_env,
+                                                             database)
+                if seed:  # then the seed's best, on this device's clock
+                    result.seed = f"{seed.database.path} ({seed.origin})"
+                    result.seeded = measure_schedules(seed.schedules, target, measure_env,
+                                                      database)
+                for state, mod in zip(plan.states, task_mods, strict=True):
+                    state.best_ms = _best_ms(database, mod) or state.best_ms
                 if plan.pending and plan.remaining:
                     _tune_pending(extracted, plan, board, options, database, db_dir.path,
                                   log_dir, measure_env, result, on_progress, start)
@@ -318,6 +243,19 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
     if on_progress:
         on_progress(result)
     return result
+
+
+def _seed(db_dir: TuningDatabase, board: Board, prepared: PreparedModel, task_mods: list[Any],
+          plan: TuningPlan, options: TuneOptions) -> Seed | None:
+    """What a warm start takes from the shipped database, for the tasks without records."""
+    if not options.warm_start or all(s.previous for s in plan.states):
+        return None
+    shipped = find_seed(db_dir, board, prepared.imported.name, prepared.lowering,
+                        root=options.seed_dir)
+    if shipped is None:
+        return None
+    return seed_schedules(shipped, board, prepared.imported.name, prepared.lowering,
+                          task_mods, [s.previous for s in plan.states])
 
 
 def _measured_by(device: DeviceChoice) -> str:
@@ -364,17 +302,25 @@ def _tune_pending(extracted: list[Any], plan: TuningPlan, board: Board, options:
         seed=options.seed)
     _quiet_metaschedule(log_dir)
     callback = measure_env.progress_callback(states, result, on_progress, start)
+    # MetaSchedule counts every candidate it sends against its caps, replays included (its
+    # search forgets, across runs, what it measured): give it room for every known candidate
+    # to come back once, and let LatencyShareScheduler enforce the budgets in new trials.
+    known = len(measure_env.measured)
     ms.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=work_dir,
-        max_trials_global=plan.remaining,
-        max_trials_per_task=max(s.budget - s.done for s in states),  # ours caps each task
+        max_trials_global=plan.remaining + known,
+        max_trials_per_task=max(s.budget - s.done for s in states) + known,
         num_trials_per_iter=plan.per_round,
         builder=measure_env.builder, runner=measure_env.runner, database=database,
         cost_model=ms.cost_model.XGBModel(
             extractor=ms.feature_extractor.PerStoreFeature(), adaptive_training=True,
             num_tuning_cores=len(os.sched_getaffinity(0))),
-        measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
-        task_scheduler=LatencyShareScheduler(states, plan.per_round),
+        # MetaSchedule's "default" callbacks, with AddToDatabase skipping replays
+        measure_callbacks=[RecordNewCandidates(database, measure_env.measured),
+                           ms.measure_callback.RemoveBuildArtifact(),
+                           ms.measure_callback.UpdateCostModel(), callback],
+        task_scheduler=LatencyShareScheduler(states, plan.per_round,
+                                             new_trials=plan.remaining),
     )
 
 
