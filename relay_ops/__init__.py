@@ -12,6 +12,7 @@ from .channel_layout import ChannelLayout
 from .dcac_op import DCACSpec, dcac_compute, dcac_prim_func
 from .fast_math import FAST_MATH_LEGALIZATION, fast_exp, fast_sigmoid, fast_silu
 from .fold_batchnorm import FoldBatchNorm
+from .fold_small_constants import FoldSmallConstants
 from .fuse_dcac import FuseDCAC
 from .nearest_resize import FixTorchNearestResize
 
@@ -23,6 +24,7 @@ __all__ = [
     "DCACSpec",
     "FixTorchNearestResize",
     "FoldBatchNorm",
+    "FoldSmallConstants",
     "FuseDCAC",
     "blocked_conv_compute",
     "dcac_compute",

@@ -19,10 +19,8 @@ Only latency can break reproducibility (it is noisy); the designs screened and t
 timing depend on the seed alone unless a latency limit is set, and latencies within
 ``latency_tolerance`` of each other count as equal on the front.
 
-Speed: the compiler's BatchNorm folding (Relax ``FoldConstant``) takes ~1 min per model on a
-2-core machine, so designs are compiled with BatchNorm already folded in PyTorch (the same
-conv + bias graph the compiler's fold produces) from a ``.pt2`` export; and designs are timed at
-a reduced ``input_size`` (the report says which).
+Speed: designs are compiled from a ``.pt2`` export (the compiler folds BatchNorm, in a
+fraction of a second) and timed at a reduced ``input_size`` (the report says which).
 """
 
 from __future__ import annotations
@@ -39,10 +37,10 @@ import numpy as np
 
 from tvmc_attend.bench.report import RunInfo, plot_to
 from tvmc_attend.bench.variants import Variant, check_and_time, tvm_variant
-from tvmc_attend.compile.frontend import ModelSource
-from tvmc_attend.compile.inputs import random_input
-from tvmc_attend.compile.pipeline import compile_bundle
-from tvmc_attend.compile.verify import DEFAULT_TOLERANCE, rel_err
+from tvmc_attend.compiler.frontend import ModelSource
+from tvmc_attend.compiler.inputs import random_input
+from tvmc_attend.compiler.pipeline import compile_bundle
+from tvmc_attend.compiler.verify import DEFAULT_TOLERANCE, rel_err
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
 from tvmc_attend.models.design import Design, build_model
@@ -259,22 +257,6 @@ def timing_order(pool: list[Candidate]) -> list[Candidate]:
 # -------------------------------------------------------------------------------------- timing
 
 
-def fold_batchnorm(model: Any) -> Any:
-    """Fold every BatchNorm that directly follows a conv in an ``nn.Sequential`` into the conv,
-    in place (inference only). Equivalent to the compiler's fold, ~50x faster here."""
-    from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for module in model.modules():
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1],
-                                                                    nn.BatchNorm2d):
-                    module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
-                    module[i + 1] = nn.Identity()
-    return model
-
-
 @dataclass
 class DesignTimer:
     """Compiles designs for one board and times them there (locally or over RPC)."""
@@ -293,7 +275,7 @@ class DesignTimer:
     def _compile(self, name: str, model: Any, bundle: str) -> None:
         import torch
 
-        from tvmc_attend.compile.tuning.tune import TuneOptions, tune_model
+        from tvmc_attend.compiler.tuning.tune import TuneOptions, tune_model
 
         o = self.options
         with tempfile.TemporaryDirectory(prefix="tvmc-attend-explore-") as tmp:
@@ -314,8 +296,7 @@ class DesignTimer:
         """Compile (or reuse the untuned bundle of an earlier run), check and quick-time."""
         import torch
 
-        model = fold_batchnorm(_seeded_model(cand.design, self.options.input_shape,
-                                             self.options.seed))
+        model = _seeded_model(cand.design, self.options.input_shape, self.options.seed)
         with torch.inference_mode():
             cand.reference = model(torch.from_numpy(x)).numpy()
         bundle = os.path.join(self.bundle_root, cand.name)
