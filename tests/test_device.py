@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tvmc_attend.device import RemoteSpec, connect, emulator, tracker
+from tvmc_attend.device.choice import choose_device
 from tvmc_attend.device.endpoints import free_port, port_free
 from tvmc_attend.errors import UserError
 
@@ -230,9 +231,11 @@ def test_device_serve_foreground(tmp_path):
     try:
         lib = build_vector_add(get_board("host"), tmp_path)
         wait_until(lambda: not port_free("127.0.0.1", port), 120, "RPC server listening")
-        session = connect(RemoteSpec.parse(rpc_host=f"127.0.0.1:{port}"), timeout_s=60)
+        spec = RemoteSpec.parse(rpc_host=f"127.0.0.1:{port}")
+        session = connect(spec, timeout_s=60)
         assert run_vector_add(lib, session) < 1e-6
         del session
+        assert choose_device(get_board("rpi4"), rpc_host=spec.address).emulated is False
     finally:
         _out, err = stop_foreground(proc)
     assert "runs any code uploaded to it, without authentication" in err
@@ -288,6 +291,18 @@ def test_emulated_rpi4_registered(emulated_rpi4):
     assert board is not None and board.qemu_cpu == "cortex-a72" and board.alive()
     listed = run_cli("device", "list", "--json", timeout=60)
     assert emulated_rpi4.name in [b["name"] for b in json.loads(listed.stdout)]
+
+
+@pytest.mark.emulated
+def test_the_emulated_board_says_it_is_emulated(emulated_rpi4, monkeypatch):
+    """Known by what it answers, not by this machine's registry (which a loaded machine, or
+    another user's board, can miss)."""
+    from tvmc_attend.targets import get_board
+
+    monkeypatch.setattr(emulator, "running", lambda: [])
+    chosen = choose_device(get_board("rpi4"), rpc_tracker=emulated_rpi4.tracker,
+                           rpc_key=emulated_rpi4.key)
+    assert chosen.emulated is True
 
 
 @pytest.mark.emulated

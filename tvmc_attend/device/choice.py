@@ -66,6 +66,26 @@ class DeviceChoice:
 LOCAL = DeviceChoice()
 
 
+@dataclass(frozen=True)
+class DeviceRequest:
+    """The device asked for, as the --rpc-tracker, --rpc-key, --rpc-host and --emulate options
+    (or the API's ``device=``) give it; ``choose`` resolves it for a board."""
+
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+    rpc_host: str | None = None
+    emulate: bool = False
+
+    @property
+    def given(self) -> bool:
+        return bool(self.rpc_tracker or self.rpc_host or self.emulate)
+
+    def choose(self, board: Board) -> DeviceChoice:
+        """The device they name for ``board`` (see ``device.choice.choose_device``)."""
+        return choose_device(board, self.rpc_tracker, self.rpc_key, self.rpc_host,
+                             self.emulate)
+
+
 def counting_device(board: Board, rpc_tracker: str | None = None, rpc_host: str | None = None,
                     ) -> DeviceChoice:
     """Tuning by counting on an emulated core of ``board`` (``tune --counted``)."""
@@ -102,15 +122,25 @@ def choose_device(board: Board, rpc_tracker: str | None = None, rpc_key: str | N
 
 
 def _is_emulated(spec: RemoteSpec) -> bool:
-    """True when ``spec`` points at an emulated board started by `device emulate`."""
+    """True when ``spec`` points at an emulated board started by `device emulate`: one this
+    machine's registry knows, else one that says so itself (its server answers
+    ``server.EMULATED_FUNC``; a real board's has no such function)."""
     from tvmc_attend.device import emulator
+    from tvmc_attend.device.server import EMULATED_FUNC
 
     for em in emulator.running():
         if spec.via_tracker and em.tracker == spec.tracker_address and em.key == spec.key:
             return True
         if not spec.via_tracker and em.address == spec.address:
             return True
-    return False
+    try:
+        session = connect(spec, timeout_s=60)
+    except UserError:  # unreachable: the command's own connection says so, with advice
+        return False
+    try:
+        return bool(session.get_function(EMULATED_FUNC)())
+    except Exception:  # no such function: a board, not an emulation
+        return False
 
 
 def _emulated_board(board: Board) -> RemoteSpec:

@@ -28,6 +28,7 @@ from tvmc_attend.device.endpoints import (
     stop_process_group,
     wait_port_free,
 )
+from tvmc_attend.device.server import EMULATED_ENV
 from tvmc_attend.errors import UserError
 
 HOST = "127.0.0.1"  # emulated boards never listen beyond this machine
@@ -150,7 +151,8 @@ def start(
         argv += ["--tracker", format_address(*tracker_addr), "--key", str(key)]
     # Threads: the board's count, but not more than this machine has (qemu runs them natively).
     threads = min(board.thread_count(), len(os.sched_getaffinity(0)))
-    env = rootfs.rootfs_env(board.qemu_cpu, {"TVM_NUM_THREADS": str(threads)})
+    env = rootfs.rootfs_env(board.qemu_cpu, {"TVM_NUM_THREADS": str(threads),
+                                             EMULATED_ENV: board.name})
     log = state_dir() / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     progress(f"starting emulated {board.name} (qemu-aarch64 -cpu {board.qemu_cpu}) on "

@@ -34,6 +34,10 @@ SECURITY_WARNING = (
     "(ssh -L PORT:127.0.0.1:PORT board)"
 )
 ALLOW_EXAMPLES = "e.g. 192.168.1.20, 192.168.1.0/24 or fd00::/8"
+# An emulated board's server is started with this set to the board's name, and answers it to
+# any client through EMULATED_FUNC: the device says what it is (no registry lookup to miss).
+EMULATED_ENV = "TVMC_ATTEND_EMULATED"
+EMULATED_FUNC = "tvmc_attend.emulated"
 
 
 def exposed_warning(host: str, port: int) -> str:
@@ -202,6 +206,11 @@ def init_worker(allow: tuple[str, ...] = ()) -> None:
     keep_serving_after_session_crashes()
     if allow:
         only_allow(allow)
+    emulated = os.environ.get(EMULATED_ENV)
+    if emulated:
+        import tvm
+
+        tvm.register_global_func(EMULATED_FUNC, lambda: emulated, override=True)
 
 
 def serve(host: str, port: int, tracker: tuple[str, int] | None = None, key: str = "",
