@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from typing import Any
 
-from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
 from .prepare import legalize_and_fuse
@@ -53,22 +51,11 @@ def build_scheduled(mod: Any, target: Any) -> Any:
         return relax.build(mod, target=target, relax_pipeline=lower)
 
 
-def require_toolchain(board: Board) -> None:
-    """What building for ``board`` needs here: its cross compiler, or a CPU that runs a class
-    preset's code (it is run here, to verify and to tune)."""
-    board.check_runs_here()
-    if board.cross_compiler and shutil.which(board.cross_compiler) is None:
-        raise UserError(
-            f"cross compiler '{board.cross_compiler}' for target {board.name} is not installed; "
-            "run `make setup` or `apt-get install gcc-aarch64-linux-gnu`"
-        )
-
-
 def export_library(executable: Any, board: Board, path: str) -> None:
     """Write the shared library for ``board`` atomically (cross-compiled for remote boards)."""
     from tvm.support import cc
 
-    require_toolchain(board)
+    board.require_toolchain()
     fcompile = cc.cross_compiler(board.cross_compiler) if board.cross_compiler else None
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)

@@ -22,7 +22,6 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 from tvmc_attend.timestamps import utc_timestamp
 
-from .build import export_library
 from .verify import Verification
 
 if TYPE_CHECKING:  # the frontend imports TVM; `compile -o` is checked before that
@@ -200,6 +199,8 @@ def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable
 
     ``check`` gets the finished bundle in its staging directory before it is moved into
     place: what it returns is recorded as ``verified``, and an exception leaves nothing."""
+    from .build import export_library  # TVM: only once there is something to write
+
     tuning = tuning or TuningInfo()
     out_dir = os.path.abspath(out_dir)
     check_output_dir(out_dir)

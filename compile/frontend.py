@@ -38,6 +38,22 @@ class ModelSource:
             return self.model
         return os.path.splitext(os.path.basename(self.model))[0]
 
+    def check(self) -> None:
+        """What can be checked without importing TVM: the zoo name and its input size, the
+        model file, the checkpoint file. (A zoo lookup imports torch, for the registry.)"""
+        if self.kind != "zoo":
+            _require_file(self.model)
+            return
+        from tvmc_attend.models import get_model_spec
+
+        if self.input_shape:
+            raise UserError("--input-shape binds the symbolic dims of a model file; a zoo "
+                            "model takes --input-size")
+        get_model_spec(self.model).input_shape(self.input_size)
+        if self.checkpoint and not os.path.isfile(self.checkpoint):
+            raise UserError(f"checkpoint {self.checkpoint} not found; pass the path of a file "
+                            "(save it with torch.save(model.state_dict(), path))")
+
 
 @dataclass
 class ImportedModel:

@@ -9,24 +9,14 @@ from typing import Any
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 
-from .build import build_scheduled, require_toolchain, schedule_module
+from .build import build_scheduled, schedule_module
 from .build_board import build_board
-from .bundle import Bundle, TuningInfo, check_output_dir, write_bundle
+from .bundle import Bundle, TuningInfo, write_bundle
 from .frontend import ModelSource
-from .lowering import DEFAULT_LAYOUT, lowering_of
+from .lowering import DEFAULT_LAYOUT
 from .prepare import PreparedModel, prepare_model
 from .tuning.database import TuningDatabase
 from .verify import Verification, VerifyOptions, verify
-
-
-def named_database(database_dir: str, board: Board, lowering: str | None) -> TuningDatabase:
-    """A database asked for by name (--database): it must exist and match the target and
-    the lowering, since refusing is the only safe answer for it."""
-    named = TuningDatabase(database_dir)
-    if not named.exists():
-        raise UserError(f"no tuning database at {database_dir}; tune first or drop --database")
-    named.check_target(board, lowering)
-    return named
 
 
 def open_database(board: Board, model_name: str, log_dir: str | None,
@@ -40,7 +30,7 @@ def open_database(board: Board, model_name: str, log_dir: str | None,
     """
     warnings: list[str] = []
     if database_dir:
-        db_dir = named_database(database_dir, board, lowering)
+        db_dir = TuningDatabase.named(database_dir, board, lowering)
     else:
         db_dir = TuningDatabase.to_apply(log_dir, board, model_name)
     if not db_dir.exists():
@@ -81,13 +71,10 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
     The (target, model) tuning database is applied unless ``untuned`` (``warn`` gets why a
     database was skipped or is suspect); DC-AC blocks are fused unless ``fuse_dcac`` is False;
     convolutions compute in ``layout``; the bundle is checked against the model's framework
-    unless ``verify`` is None.
+    unless ``verify`` is None. The arguments were checked before TVM was imported
+    (``tvmc_attend.api.compile``); the output directory is checked again when it is written.
     """
-    require_toolchain(board)  # fail before minutes of import and build
-    check_output_dir(os.path.abspath(out_dir))
     board = build_board(board, source.name, log_dir, database_dir, layout, untuned, warn)
-    if not untuned and database_dir:  # refuse a wrong --database before the import, too
-        named_database(database_dir, board, lowering_of(layout))
     prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=layout, board=board)
     return compile_prepared(prepared, board, out_dir, untuned=untuned, log_dir=log_dir,
                             database_dir=database_dir, verify=verify, warn=warn)

@@ -9,6 +9,7 @@ tuning by counting) a model of one core: its data caches and the cost of a miss 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
@@ -90,6 +91,15 @@ class Board:
             if missing:
                 raise UserError(f"target {self.name} needs a CPU with {', '.join(missing)}, "
                                 "which this one lacks; use --target host")
+
+    def require_toolchain(self) -> None:
+        """What building for this target needs here: its cross compiler, or a CPU that runs a
+        class preset's code (it is run here, to verify and to tune)."""
+        self.check_runs_here()
+        if self.cross_compiler and shutil.which(self.cross_compiler) is None:
+            raise UserError(
+                f"cross compiler '{self.cross_compiler}' for target {self.name} is not "
+                "installed; run `make setup` or `apt-get install gcc-aarch64-linux-gnu`")
 
     @property
     def is_remote(self) -> bool:

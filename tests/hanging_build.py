@@ -12,7 +12,7 @@ HANG_MARKER = "hang_me"
 
 def build_or_hang(mod_json: str, target_json: str, cross_compiler: str | None,
                   out_dir: str) -> tuple[str | None, str | None]:
-    from tvmc_attend.compile.tuning.builder import _build_one
+    from tvmc_attend.compiler.tuning.builder import _build_one
 
     if HANG_MARKER in mod_json:
         time.sleep(3600)

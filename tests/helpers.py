@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import shutil
@@ -10,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,36 @@ def run_cli(*args: str, timeout: float = 600, cwd: Path | str | None = None,
     """Run ``tvmc-attend ARGS`` to completion; capture stdout and stderr as text."""
     return subprocess.run([cli_path(), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, check=False, cwd=cwd or REPO, env=cli_env())
+
+
+@dataclass
+class CliResult:
+    """What ``cli_here`` returns: a CompletedProcess's three fields."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_here(*args: str | Path) -> CliResult:
+    """Run ``tvmc-attend ARGS`` in this process (the CLI app, as the entry point runs it):
+    milliseconds where a process would spend seconds starting. For error paths and help; what
+    needs its own process (signals, the entry point itself, a clean sys.modules) uses
+    ``run_cli``."""
+    from tvmc_attend.cli.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = cli_env()["COLUMNS"]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run([str(a) for a in args])
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS")
+        else:
+            os.environ["COLUMNS"] = columns
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def start_cli(*args: str, cwd: Path | str | None = None) -> subprocess.Popen:
@@ -85,7 +118,8 @@ def meaningful_lines(text: str) -> list[str]:
     return lines
 
 
-def assert_cli_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+def assert_cli_error(result: subprocess.CompletedProcess | CliResult,
+                     *fragments: str) -> str:
     """A failed command: non-zero exit, one ``error: ...`` line on stderr, no traceback."""
     assert result.returncode != 0, output(result)
     assert "Traceback" not in result.stdout + result.stderr, output(result)

@@ -22,6 +22,7 @@ from helpers import (
     RTOL,
     assert_cli_error,
     assert_depends_on_input,
+    cli_here,
     import_bundle_loader,
     inputs,
     output,
@@ -189,7 +190,7 @@ def _build_and_run(prepared, xs):
     import tvm
     from tvm import relax
 
-    from tvmc_attend.compile.build import build_executable
+    from tvmc_attend.compiler.build import build_executable
 
     vm = relax.VirtualMachine(build_executable(prepared.mod, HOST), tvm.cpu())
     return [vm["main"](tvm.runtime.tensor(x)).numpy() for x in xs]
@@ -198,8 +199,8 @@ def _build_and_run(prepared, xs):
 @pytest.mark.parametrize("layout", ["blocked", "nhwc", "nchw"])
 @pytest.mark.parametrize("size", [32, 23])
 def test_layouts_keep_the_numerics(layout, size, tmp_path) -> None:
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.prepare import prepare_model
+    from tvmc_attend.compiler.frontend import ModelSource
+    from tvmc_attend.compiler.prepare import prepare_model
 
     module = SmallNet().eval()
     xs = inputs((1, 3, size, size))
@@ -215,8 +216,8 @@ def test_layouts_keep_the_numerics(layout, size, tmp_path) -> None:
 
 def test_blocked_layout_report_and_isa_blocks() -> None:
     """AttendNeXt-S on the host and on a NEON board: blocks follow the vector width."""
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.prepare import prepare_model
+    from tvmc_attend.compiler.frontend import ModelSource
+    from tvmc_attend.compiler.prepare import prepare_model
     from tvmc_attend.targets import vector_isa
 
     source = ModelSource("attendnext_s", input_size=64)
@@ -231,7 +232,7 @@ def test_blocked_layout_report_and_isa_blocks() -> None:
 
 
 def test_unknown_layout_is_a_one_line_error(tmp_path) -> None:
-    result = run_cli("compile", "--model", "dcac", "--input-size", "12", "--layout", "nc4hw",
+    result = cli_here("compile", "--model", "dcac", "--input-size", "12", "--layout", "nc4hw",
                      "-o", tmp_path / "b")
     assert_cli_error(result, "unknown layout 'nc4hw'", "blocked")
 
@@ -262,7 +263,7 @@ def test_onnx_model_in_the_blocked_layout_matches_onnxruntime(tmp_path) -> None:
     torch.onnx.export(SmallNet().eval(), (torch.zeros(1, 3, 24, 24),), str(path),
                       input_names=["x"], dynamo=False)
     bundle = tmp_path / "b"
-    result = run_cli("compile", "--model", path, "--target", "host", "-o", bundle)
+    result = cli_here("compile", "--model", path, "--target", "host", "-o", bundle)
     assert result.returncode == 0, output(result)
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["layout"]["blocked_convs"] >= 5
@@ -284,15 +285,15 @@ def test_a_database_of_another_lowering_is_not_applied(tmp_path) -> None:
     assert result.returncode == 0, output(result)
     database = logs / HOST_DB / "dcac"
     assert json.loads((database / "tuning.json").read_text())["lowering"] == "nchw-v1"
-    result = run_cli("compile", *common, "-o", tmp_path / "b")
+    result = cli_here("compile", *common, "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)
     assert "lowered as nchw-v1, not blocked-v1" in result.stderr
     assert json.loads((tmp_path / "b" / "metadata.json").read_text())["tuned"] is False
-    result = run_cli("compile", *common, "--database", database, "-o", tmp_path / "c")
+    result = cli_here("compile", *common, "--database", database, "-o", tmp_path / "c")
     assert_cli_error(result, "lowered as nchw-v1", "--layout nchw")
     result = run_cli("tune", *common, "--trials", "2")
     assert_cli_error(result, "lowered as nchw-v1")
-    result = run_cli("compile", *common, "--layout", "nchw", "-o", tmp_path / "d")
+    result = cli_here("compile", *common, "--layout", "nchw", "-o", tmp_path / "d")
     assert result.returncode == 0, output(result)
     assert json.loads((tmp_path / "d" / "metadata.json").read_text())["tuned"] is True
 
@@ -311,7 +312,7 @@ def test_blocked_bundles_run_on_the_emulated_rpi4(model, size, flags, emulated_r
     from tvmc_attend.models import create_model
 
     bundle = tmp_path / "b"
-    result = run_cli("compile", "--model", model, "--input-size", size, "--target", "rpi4",
+    result = cli_here("compile", "--model", model, "--input-size", size, "--target", "rpi4",
                      *flags, "-o", bundle)
     assert result.returncode == 0, output(result)
     meta = json.loads((bundle / "metadata.json").read_text())

@@ -22,7 +22,7 @@ def _candidate(name: str):
 def test_a_hanging_candidate_does_not_sink_its_batch() -> None:
     from tvm.s_tir.meta_schedule.builder import BuilderInput
 
-    from tvmc_attend.compile.tuning.builder import SharedLibraryBuilder
+    from tvmc_attend.compiler.tuning.builder import SharedLibraryBuilder
 
     target = get_board("host").tvm_target()
     names = ["ok_0", HANG_MARKER, "ok_1", "ok_2", "ok_3"]

@@ -20,12 +20,12 @@ from helpers import (
     RTOL,
     assert_cli_error,
     assert_depends_on_input,
+    cli_here,
     elf_header,
     import_bundle_loader,
     inputs,
     output,
     rel_err,
-    run_cli,
 )
 
 from tvmc_attend.models import create_model
@@ -39,7 +39,7 @@ DCAC_SIZE = 16
 def host_bundle(tmp_path_factory) -> Path:
     """attendnext at 64x64, compiled untuned for the host by the CLI (about a minute)."""
     out = tmp_path_factory.mktemp("bundle") / "attendnext-host"
-    result = run_cli("compile", "--model", "attendnext", "--input-size", SIZE, "--target",
+    result = cli_here("compile", "--model", "attendnext", "--input-size", SIZE, "--target",
                      "host", "-o", out, "--untuned")
     assert result.returncode == 0, output(result)
     assert "Traceback" not in result.stderr
@@ -66,7 +66,7 @@ def reference():
 def rpi4_bundle(tmp_path_factory) -> Path:
     """The DC-AC block cross-compiled for rpi4 (fast: the library format is what matters)."""
     out = tmp_path_factory.mktemp("bundle") / "dcac-rpi4"
-    result = run_cli("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target",
+    result = cli_here("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target",
                      "rpi4", "-o", out, "--untuned")
     assert result.returncode == 0, output(result)
     return out
@@ -208,10 +208,10 @@ def test_the_loader_runs_the_threads_asked_for(host_bundle, asked) -> None:
 
 @pytest.mark.slow
 def test_run_random_input_saves_the_output(host_bundle, loaded, tmp_path) -> None:
-    from tvmc_attend.compile.inputs import random_input
+    from tvmc_attend.compiler.inputs import random_input
 
     y_path = tmp_path / "y.npy"
-    result = run_cli("run", host_bundle, "--output", y_path, "--repeat", 3)
+    result = cli_here("run", host_bundle, "--output", y_path, "--repeat", 3)
     _assert_run_report(result)
     assert "input random" in result.stdout and f"output saved to {y_path}" in result.stdout
     y = np.load(y_path)
@@ -224,7 +224,7 @@ def test_run_random_input_saves_the_output(host_bundle, loaded, tmp_path) -> Non
 def test_run_npy_input(host_bundle, loaded, reference, tmp_path) -> None:
     x = inputs(SHAPE, n=1, seed=7)[0]
     np.save(tmp_path / "x.npy", x)
-    result = run_cli("run", host_bundle, "--input", tmp_path / "x.npy", "--output",
+    result = cli_here("run", host_bundle, "--input", tmp_path / "x.npy", "--output",
                      tmp_path / "y.npy", "--repeat", 2)
     _assert_run_report(result)
     y = np.load(tmp_path / "y.npy")
@@ -238,13 +238,13 @@ def test_run_npy_input(host_bundle, loaded, reference, tmp_path) -> None:
 def test_run_image_input(host_bundle, loaded, tmp_path) -> None:
     from PIL import Image
 
-    from tvmc_attend.compile.inputs import load_input
+    from tvmc_attend.compiler.inputs import load_input
 
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)  # not the model's size
     image = tmp_path / "photo.png"
     Image.fromarray(pixels, "RGB").save(image)
-    result = run_cli("run", host_bundle, "--input", image, "--output", tmp_path / "y.npy",
+    result = cli_here("run", host_bundle, "--input", image, "--output", tmp_path / "y.npy",
                      "--repeat", 2)
     _assert_run_report(result)
     x = load_input(str(image), SHAPE)
@@ -272,6 +272,6 @@ def test_rpi4_bundle_is_an_aarch64_library(rpi4_bundle) -> None:
 
 @pytest.mark.skipif(os.uname().machine in ("aarch64", "arm64"), reason="runs natively on arm64")
 def test_rpi4_bundle_run_without_device_is_a_clear_error(rpi4_bundle) -> None:
-    result = run_cli("run", rpi4_bundle, timeout=120)
+    result = cli_here("run", rpi4_bundle)
     assert_cli_error(result, "compiled for rpi4", "aarch64-linux-gnu",
                      f"cannot run on this {os.uname().machine} machine", "--rpc-tracker")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_cli_error, output, run_cli
+from helpers import assert_cli_error, cli_here, output, run_cli
 
 from tvmc_attend.targets import list_boards
 
@@ -42,8 +44,8 @@ COMMANDS = command_paths()
 @pytest.fixture(scope="module")
 def dcac_bundle(tmp_path_factory) -> Path:
     """A small host bundle (the DC-AC block at 8x8), built in-process: seconds."""
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.pipeline import compile_bundle
+    from tvmc_attend.compiler.frontend import ModelSource
+    from tvmc_attend.compiler.pipeline import compile_bundle
     from tvmc_attend.targets import get_board
 
     out = tmp_path_factory.mktemp("cli") / "dcac"
@@ -81,7 +83,7 @@ def test_top_level_help_lists_every_command() -> None:
 
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
 def test_command_help(path: tuple[str, ...]) -> None:
-    result = run_cli(*path, "--help", timeout=60)
+    result = cli_here(*path, "--help")
     assert result.returncode == 0, output(result)
     assert "Usage:" in result.stdout and " ".join(path) in result.stdout, output(result)
     assert "Traceback" not in result.stderr
@@ -99,13 +101,13 @@ def test_command_help(path: tuple[str, ...]) -> None:
     ],
 )
 def test_contract_flags_are_documented(verb: str, flags: list[str]) -> None:
-    result = run_cli(verb, "--help", timeout=60)
+    result = cli_here(verb, "--help")
     for flag in flags:
         assert flag in result.stdout, f"{verb} --help lacks {flag}"
 
 
 def test_targets_json_lists_the_presets() -> None:
-    result = run_cli("targets", "--json", timeout=60)
+    result = cli_here("targets", "--json")
     assert result.returncode == 0, output(result)
     names = [entry["name"] for entry in json.loads(result.stdout)]
     assert names == [board.name for board in list_boards()]
@@ -114,11 +116,59 @@ def test_targets_json_lists_the_presets() -> None:
 
 # ---------------------------------------------------------------------------- bad inputs
 
+# Run in a fresh process, one after the other: what each error path imported is then known.
+_ERROR_PATHS_WITHOUT_TVM = """
+import json, sys
+from tvmc_attend.cli.main import run
+seen = []
+for args in json.loads(sys.argv[1]):
+    code = run(args)
+    seen.append([args, code, "tvm" in sys.modules])
+print(json.dumps(seen))
+"""
+
+
+def test_error_paths_never_import_tvm(dcac_bundle, tmp_path) -> None:
+    """Arguments, paths, files and databases are checked before TVM is imported (seconds):
+    the error paths of compile, run, tune and benchmark end without it."""
+    out = str(tmp_path / "out")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    not_a_bundle = tmp_path / "empty"
+    not_a_bundle.mkdir()
+    cases = [
+        ["compile", "--model", "resnet9000", "-o", out],
+        ["compile", "--model", "dcac", "--target", "rpi9", "-o", out],
+        ["compile", "--model", str(tmp_path / "absent.onnx"), "-o", out],
+        ["compile", "--model", "attendnext", "--input-size", "100", "-o", out],
+        ["compile", "--model", "dcac", "--database", str(tmp_path / "nodb"), "-o", out],
+        ["compile", "--model", "dcac", "--checkpoint", str(tmp_path / "absent.pt"), "-o", out],
+        ["compile", "--model", "dcac", "-o", str(a_file)],
+        ["run", str(tmp_path / "nowhere")],
+        ["run", str(not_a_bundle)],
+        ["run", str(dcac_bundle), "--input", str(tmp_path / "x.npy")],
+        ["tune", "--model", "resnet9000", "--log-dir", str(tmp_path)],
+        ["tune", "--model", "dcac", "--target", "rpi4", "--log-dir", str(tmp_path)],
+        ["tune", "--model", "dcac", "--log-dir", str(tmp_path), "--warm-start-from",
+         str(tmp_path / "nowhere")],
+        ["benchmark", "--model", "resnet9000"],
+        ["benchmark", "--model", "dcac", "--target", "rpi9"],
+    ]
+    result = subprocess.run([sys.executable, "-c", _ERROR_PATHS_WITHOUT_TVM,
+                             json.dumps(cases)], capture_output=True, text=True, timeout=300,
+                            check=False, cwd=tmp_path)
+    assert result.returncode == 0, output(result)
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [code for _args, code, _tvm in seen] == [2] * len(cases), output(result)
+    assert [args for args, _code, tvm in seen if tvm] == [], output(result)
+    assert result.stderr.count("error: ") == len(cases), output(result)
+
 
 @pytest.mark.parametrize("verb", ["compile", "tune"])
 def test_unknown_target_lists_the_valid_ones(verb, tmp_path) -> None:
     extra = ["-o", str(tmp_path / "out")] if verb == "compile" else ["--log-dir", str(tmp_path)]
-    result = run_cli(verb, "--model", "dcac", "--target", "rpi9", *extra, timeout=120)
+    result = cli_here(verb, "--model", "dcac", "--target", "rpi9", *extra)
     message = assert_cli_error(result, "unknown target 'rpi9'", "valid targets:")
     for board in list_boards():
         assert board.name in message
@@ -126,15 +176,15 @@ def test_unknown_target_lists_the_valid_ones(verb, tmp_path) -> None:
 
 
 def test_unknown_model_lists_the_valid_ones(tmp_path) -> None:
-    result = run_cli("compile", "--model", "resnet9000", "--target", "host", "-o",
-                     tmp_path / "out", timeout=300)
+    result = cli_here("compile", "--model", "resnet9000", "--target", "host", "-o",
+                     tmp_path / "out")
     assert_cli_error(result, "'resnet9000'", "valid models:", "attendnext", "dcac")
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_model_file(tmp_path) -> None:
-    result = run_cli("compile", "--model", tmp_path / "absent.onnx", "--target", "host", "-o",
-                     tmp_path / "out", timeout=300)
+    result = cli_here("compile", "--model", tmp_path / "absent.onnx", "--target", "host", "-o",
+                     tmp_path / "out")
     assert_cli_error(result, "absent.onnx", "does not exist")
 
 
@@ -142,8 +192,8 @@ def test_output_over_a_non_bundle_directory_is_refused(tmp_path) -> None:
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me\n")
-    result = run_cli("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
-                     "-o", precious, "--untuned", timeout=300)
+    result = cli_here("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
+                     "-o", precious, "--untuned")
     assert_cli_error(result, str(precious), "not a tvmc-attend bundle")
     assert [p.name for p in precious.iterdir()] == ["notes.txt"]
     assert (precious / "notes.txt").read_text() == "keep me\n"
@@ -152,22 +202,22 @@ def test_output_over_a_non_bundle_directory_is_refused(tmp_path) -> None:
 def test_output_over_a_file_is_refused(tmp_path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
-    result = run_cli("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
-                     "-o", target, "--untuned", timeout=300)
+    result = cli_here("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
+                     "-o", target, "--untuned")
     assert_cli_error(result, "is a file")
     assert target.read_text() == "x"
 
 
 def test_missing_database_is_refused(tmp_path) -> None:
-    result = run_cli("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
-                     "-o", tmp_path / "out", "--database", tmp_path / "nodb", timeout=300)
+    result = cli_here("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
+                     "-o", tmp_path / "out", "--database", tmp_path / "nodb")
     assert_cli_error(result, "no tuning database at", "nodb")
 
 
 @pytest.mark.parametrize("flag, fused", [(None, 1), ("--no-fuse-dcac", 0)])
 def test_compile_records_how_many_dcac_blocks_were_fused(flag, fused, tmp_path) -> None:
     out = tmp_path / "bundle"
-    result = run_cli("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
+    result = cli_here("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "host",
                      "-o", out, "--untuned", *([flag] if flag else []))
     assert result.returncode == 0, output(result)
     assert f"{fused} DC-AC blocks fused" in result.stdout
@@ -180,13 +230,13 @@ def test_compile_records_how_many_dcac_blocks_were_fused(flag, fused, tmp_path) 
     (("--op", "dcac", "--emulate"), "--op measures on this host only"),
 ])
 def test_benchmark_bad_flags(args, fragment) -> None:
-    assert_cli_error(run_cli("benchmark", *args), fragment)
+    assert_cli_error(cli_here("benchmark", *args), fragment)
 
 
 def test_recompiling_over_a_bundle_replaces_it(dcac_bundle, bundle_copy) -> None:
     """-o may point at an earlier bundle: it is replaced atomically."""
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.pipeline import compile_bundle
+    from tvmc_attend.compiler.frontend import ModelSource
+    from tvmc_attend.compiler.pipeline import compile_bundle
     from tvmc_attend.targets import get_board
 
     (bundle_copy / "stale.txt").write_text("old")
@@ -198,7 +248,7 @@ def test_recompiling_over_a_bundle_replaces_it(dcac_bundle, bundle_copy) -> None
 
 
 def test_bundle_metadata_reads_back_as_written(dcac_bundle) -> None:
-    from tvmc_attend.compile.bundle import Bundle
+    from tvmc_attend.compiler.bundle import Bundle
 
     text = (dcac_bundle / "metadata.json").read_text()
     meta = Bundle.open(str(dcac_bundle)).metadata
@@ -208,13 +258,13 @@ def test_bundle_metadata_reads_back_as_written(dcac_bundle) -> None:
 
 def test_run_wrong_input_shape(dcac_bundle, tmp_path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
-    result = run_cli("run", dcac_bundle, "--input", tmp_path / "x.npy", timeout=120)
+    result = cli_here("run", dcac_bundle, "--input", tmp_path / "x.npy")
     assert_cli_error(result, "input shape (1, 3, 8, 8) does not match", "(1, 40, 8, 8)")
 
 
 def test_run_wrong_input_dtype(dcac_bundle, tmp_path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((1, 40, 8, 8), np.float64))
-    result = run_cli("run", dcac_bundle, "--input", tmp_path / "x.npy", timeout=120)
+    result = cli_here("run", dcac_bundle, "--input", tmp_path / "x.npy")
     assert_cli_error(result, "dtype float64 does not match")
 
 
@@ -222,8 +272,8 @@ def test_run_npy_on_the_dcac_bundle_works(dcac_bundle, tmp_path) -> None:
     """Control for the error tests above: the same bundle runs (a non-classifier output)."""
     x = np.random.default_rng(0).standard_normal((1, 40, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    result = run_cli("run", dcac_bundle, "--input", tmp_path / "x.npy", "--output",
-                     tmp_path / "y.npy", "--repeat", 2, timeout=120)
+    result = cli_here("run", dcac_bundle, "--input", tmp_path / "x.npy", "--output",
+                     tmp_path / "y.npy", "--repeat", 2)
     assert result.returncode == 0, output(result)
     assert "output [1, 40, 8, 8]: mean" in result.stdout and "latency: median" in result.stdout
     assert np.load(tmp_path / "y.npy").shape == (1, 40, 8, 8)
@@ -235,42 +285,42 @@ def test_run_tampered_library(bundle_copy) -> None:
     data = bytearray(library.read_bytes())
     data[len(data) // 2] ^= 0x01
     library.write_bytes(bytes(data))
-    result = run_cli("run", bundle_copy, timeout=120)
+    result = cli_here("run", bundle_copy)
     assert_cli_error(result, "does not match the sha256", "recompile")
 
 
 def test_run_missing_library(bundle_copy) -> None:
     meta = json.loads((bundle_copy / "metadata.json").read_text())
     (bundle_copy / meta["library"]["file"]).unlink()
-    result = run_cli("run", bundle_copy, timeout=120)
+    result = cli_here("run", bundle_copy)
     assert_cli_error(result, "lacks its library")
 
 
 def test_run_missing_metadata(bundle_copy) -> None:
     (bundle_copy / "metadata.json").unlink()
-    result = run_cli("run", bundle_copy, timeout=120)
+    result = cli_here("run", bundle_copy)
     assert_cli_error(result, "has no metadata.json", "not a tvmc-attend bundle")
 
 
 def test_run_damaged_metadata(bundle_copy) -> None:
     (bundle_copy / "metadata.json").write_text("{ not json")
-    result = run_cli("run", bundle_copy, timeout=120)
+    result = cli_here("run", bundle_copy)
     assert_cli_error(result, "is not valid JSON")
 
 
 def test_run_bundle_that_does_not_exist(tmp_path) -> None:
-    result = run_cli("run", tmp_path / "nowhere", timeout=120)
+    result = cli_here("run", tmp_path / "nowhere")
     assert_cli_error(result, "nowhere", "does not exist")
 
 
 def test_run_unsupported_input_type(dcac_bundle, tmp_path) -> None:
     (tmp_path / "x.txt").write_text("1 2 3\n")
-    result = run_cli("run", dcac_bundle, "--input", tmp_path / "x.txt", timeout=120)
+    result = cli_here("run", dcac_bundle, "--input", tmp_path / "x.txt")
     assert_cli_error(result, "unsupported input", "x.txt", ".npy")
 
 
 def test_run_missing_input_file(dcac_bundle, tmp_path) -> None:
-    result = run_cli("run", dcac_bundle, "--input", tmp_path / "absent.npy", timeout=120)
+    result = cli_here("run", dcac_bundle, "--input", tmp_path / "absent.npy")
     assert_cli_error(result, "absent.npy", "does not exist")
 
 
@@ -278,7 +328,7 @@ def test_run_image_on_a_non_image_model(dcac_bundle, tmp_path) -> None:
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    result = run_cli("run", dcac_bundle, "--input", tmp_path / "x.png", timeout=120)
+    result = cli_here("run", dcac_bundle, "--input", tmp_path / "x.png")
     assert_cli_error(result, "an image input needs a model with input 1x3xHxW")
 
 
@@ -292,20 +342,20 @@ def test_run_image_on_a_non_image_model(dcac_bundle, tmp_path) -> None:
     ],
 )
 def test_run_malformed_rpc_flags(dcac_bundle, flags, fragment) -> None:
-    result = run_cli("run", dcac_bundle, *flags, timeout=120)
+    result = cli_here("run", dcac_bundle, *flags)
     assert_cli_error(result, fragment)
 
 
 def test_tune_malformed_rpc_tracker(tmp_path) -> None:
-    result = run_cli("tune", "--model", "dcac", "--target", "rpi4", "--rpc-tracker",
-                     "no-port-here", "--log-dir", tmp_path, timeout=120)
+    result = cli_here("tune", "--model", "dcac", "--target", "rpi4", "--rpc-tracker",
+                     "no-port-here", "--log-dir", tmp_path)
     assert_cli_error(result, "--rpc-tracker expects HOST:PORT", "no-port-here")
     assert not any(tmp_path.iterdir())
 
 
 def test_tune_board_without_device(tmp_path) -> None:
-    result = run_cli("tune", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "rpi4",
-                     "--log-dir", tmp_path, timeout=300)
+    result = cli_here("tune", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "rpi4",
+                     "--log-dir", tmp_path)
     assert_cli_error(result, "rpi4 is a board", "--rpc-tracker")
     assert not any(tmp_path.iterdir())
 
@@ -314,7 +364,7 @@ def test_tune_unreachable_tracker_is_fast(tmp_path) -> None:
     from tvmc_attend.device.endpoints import free_port
 
     port = free_port()
-    result = run_cli("tune", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "rpi4",
+    result = cli_here("tune", "--model", "dcac", "--input-size", DCAC_SIZE, "--target", "rpi4",
                      "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi4", "--log-dir",
-                     tmp_path, timeout=300)
+                     tmp_path)
     assert_cli_error(result, f"cannot reach RPC tracker at 127.0.0.1:{port}")

@@ -19,7 +19,7 @@ from tvmc_attend.bench.compare import (
 )
 from tvmc_attend.bench.report import RunInfo
 from tvmc_attend.bench.variants import Variant
-from tvmc_attend.compile.verify import DEFAULT_TOLERANCE
+from tvmc_attend.compiler.verify import DEFAULT_TOLERANCE
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import get_board
 

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import assert_cli_error, output, record_count, run_cli
+from helpers import assert_cli_error, cli_here, output, record_count, run_cli
 
 from tvmc_attend.device.counting import CountingCore, CountingError, GuestSpec
 from tvmc_attend.device.counting.plugin import plugin_path, qemu_binary
@@ -157,7 +157,7 @@ def _small_rank_check():
     """3 conv tasks x 5 sampled schedules of AttendNeXt at 64 px, timed here and counted
     under qemu-x86_64."""
     from tvmc_attend.bench.counted import rank_check
-    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compiler.frontend import ModelSource
 
     return rank_check(ModelSource(model="attendnext", input_size=64), tasks=3, candidates=5,
                       progress=lambda _m: None)
@@ -185,7 +185,7 @@ def test_counted_cost_ranks_sampled_conv_schedules_like_the_clock() -> None:
 
 
 def test_counted_and_timed_databases_do_not_mix(tmp_path) -> None:
-    from tvmc_attend.compile.tuning.database import COUNTED, TIMED, TuningDatabase
+    from tvmc_attend.compiler.tuning.database import COUNTED, TIMED, TuningDatabase
     from tvmc_attend.errors import UserError
 
     board = get_board("rpi4")
@@ -240,14 +240,14 @@ def test_tune_by_counting_compile_and_count(emulated_rpi4, tmp_path) -> None:
     assert report["counted_mcycles"] > 0
 
     bundle = tmp_path / "bundle"
-    result = run_cli("compile", "--model", "dcac", "--input-size", "8", "--target", "rpi4",
-                     "--log-dir", log_dir, "-o", bundle, timeout=600)
+    result = cli_here("compile", "--model", "dcac", "--input-size", "8", "--target", "rpi4",
+                     "--log-dir", log_dir, "-o", bundle)
     assert result.returncode == 0, output(result)
     assert "tuned by counting on an emulated cortex-a72 core" in result.stdout
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["tuning"]["measured_by"] == "counted"
 
-    result = run_cli("run", bundle, "--counted", timeout=600)
+    result = cli_here("run", bundle, "--counted")
     assert result.returncode == 0, output(result)
     assert "not a latency" in result.stdout and "instructions" in result.stdout
     assert "latency:" not in result.stdout
@@ -276,7 +276,7 @@ def test_tune_by_counting_compile_and_count(emulated_rpi4, tmp_path) -> None:
     assert info["measured_by"] == "timed" and info["emulated"] is True
     assert json.loads((database / "counted" / "tuning.json").read_text())["measured_by"] == \
         "counted"
-    result = run_cli("compile", "--model", "dcac", "--input-size", "8", "--target", "rpi4",
-                     "--log-dir", log_dir, "-o", tmp_path / "timed", timeout=600)
+    result = cli_here("compile", "--model", "dcac", "--input-size", "8", "--target", "rpi4",
+                     "--log-dir", log_dir, "-o", tmp_path / "timed")
     assert result.returncode == 0, output(result)
     assert "tuned by counting" not in result.stdout

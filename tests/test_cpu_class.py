@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, assert_cli_error, output, run_cli
+from helpers import REPO, assert_cli_error, cli_here, output
 
-from tvmc_attend.compile.build_board import build_board
+from tvmc_attend.compiler.build_board import build_board
 from tvmc_attend.targets import cpu_class, get_board
 from tvmc_attend.targets.cpu_class import CLASSES, classes_here, host_class
 
@@ -108,7 +108,7 @@ def test_a_class_preset_refuses_a_cpu_that_cannot_run_it(monkeypatch) -> None:
 
 
 def test_choosing_the_class_imports_no_tvm() -> None:
-    code = ("import sys; from tvmc_attend.compile.build_board import build_board; "
+    code = ("import sys; from tvmc_attend.compiler.build_board import build_board; "
             "from tvmc_attend.targets import get_board; "
             "b = build_board(get_board('host'), 'attendnext', 'tuning_logs', warn=print); "
             "print(b.name, 'tvm' in sys.modules)")
@@ -119,15 +119,15 @@ def test_choosing_the_class_imports_no_tvm() -> None:
 
 
 def test_unknown_class_preset_on_cli(tmp_path) -> None:
-    result = run_cli("compile", "--model", "dcac", "--target", "host-avx3", "-o",
-                     tmp_path / "x", timeout=120)
+    result = cli_here("compile", "--model", "dcac", "--target", "host-avx3", "-o",
+                     tmp_path / "x")
     assert_cli_error(result, "unknown target 'host-avx3'", "host-avx2", "host-avx512")
 
 
 def test_shipped_databases_are_found_from_any_directory(tmp_path, monkeypatch) -> None:
     """Package data: a user elsewhere gets the shipped database; their own ./tuning_logs
     one (what `tune` writes) wins over it; --log-dir is taken as given."""
-    from tvmc_attend.compile.tuning.database import TuningDatabase
+    from tvmc_attend.compiler.tuning.database import TuningDatabase
 
     rpi4 = get_board("rpi4")
     monkeypatch.chdir(tmp_path)

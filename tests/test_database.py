@@ -27,6 +27,7 @@ from helpers import (
     HOST_DB,
     REPO,
     assert_cli_error,
+    cli_here,
     kill_group,
     output,
     record_count,
@@ -36,7 +37,7 @@ from helpers import (
     wait_until,
 )
 
-from tvmc_attend.compile.tuning.database import TuningDatabase
+from tvmc_attend.compiler.tuning.database import TuningDatabase
 from tvmc_attend.errors import UserError
 
 MODEL = "dcac"
@@ -96,7 +97,7 @@ def assert_every_record_on_its_workload(db: Path, *sizes: int) -> None:
 
 
 def db_check(db: Path, *flags: str) -> subprocess.CompletedProcess:
-    return run_cli("db", "check", str(db), *flags, timeout=300)
+    return cli_here("db", "check", str(db), *flags)
 
 
 def count(text: str, label: str) -> int:
@@ -221,7 +222,7 @@ def test_a_killed_tune_leaves_no_blocking_lock(tmp_path) -> None:
 
 HOLD = """
 import sys, time
-from tvmc_attend.compile.tuning.database import TuningDatabase
+from tvmc_attend.compiler.tuning.database import TuningDatabase
 with TuningDatabase(sys.argv[1]).lock(wait=False):
     print("held", flush=True)
     time.sleep(120)
@@ -346,7 +347,7 @@ def test_repair_a_damaged_database(two_sizes, tmp_path) -> None:
 
     # compile reads without the lock: it must use the good lines and rewrite nothing
     bundle = tmp_path / "before-repair"
-    result = run_cli("compile", "--model", MODEL, "--input-size", 14, "--target", "host",
+    result = cli_here("compile", "--model", MODEL, "--input-size", 14, "--target", "host",
                      "--log-dir", log_dir, "-o", bundle)
     assert result.returncode == 0, output(result)
     assert f"tuned, {len(damaged) - 1} records" in result.stdout, output(result)
@@ -365,7 +366,7 @@ def test_repair_a_damaged_database(two_sizes, tmp_path) -> None:
     assert count(result.stdout, "torn lines") == count(result.stdout, "out-of-range records") == 0
 
     bundle = tmp_path / "after-repair"
-    result = run_cli("compile", "--model", MODEL, "--input-size", 14, "--target", "host",
+    result = cli_here("compile", "--model", MODEL, "--input-size", 14, "--target", "host",
                      "--log-dir", log_dir, "-o", bundle)
     assert result.returncode == 0, output(result)
     assert f"tuned, {len(damaged) - 1} records" in result.stdout, output(result)

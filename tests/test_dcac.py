@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from helpers import RTOL, assert_depends_on_input, inputs, rel_err, torch_reference
 from torch import nn
 
-from tvmc_attend.compile.build import build_executable, schedule_module
-from tvmc_attend.compile.frontend import ModelSource
-from tvmc_attend.compile.prepare import legalize_and_fuse, preparation_passes, prepare_model
+from tvmc_attend.compiler.build import build_executable, schedule_module
+from tvmc_attend.compiler.frontend import ModelSource
+from tvmc_attend.compiler.prepare import legalize_and_fuse, preparation_passes, prepare_model
 from tvmc_attend.models import DCAC, DCACConfig, init_weights
 from tvmc_attend.relay_ops import FuseDCAC
 from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR, SCHEDULE_RULE
@@ -152,7 +152,7 @@ def test_prepare_model_fuses_unless_asked_not_to() -> None:
 
 
 def test_fuses_every_dcac_of_an_onnx_import(tmp_path) -> None:
-    from tvmc_attend.compile.onnx_export import export_onnx
+    from tvmc_attend.compiler.onnx_export import export_onnx
     from tvmc_attend.models import create_model
 
     path = export_onnx(create_model("attendnext_s", input_size=64), torch.zeros(1, 3, 64, 64),
@@ -167,7 +167,7 @@ def test_fuses_every_dcac_of_an_onnx_import(tmp_path) -> None:
 @pytest.mark.parametrize("model, size", [("attendnext_s", 64), ("attendnext", None)])
 @pytest.mark.parametrize("frontend", ["torch", "onnx"])
 def test_fuses_the_four_dcac_of_attendnext(model, size, frontend, tmp_path) -> None:
-    from tvmc_attend.compile.onnx_export import export_onnx
+    from tvmc_attend.compiler.onnx_export import export_onnx
     from tvmc_attend.models import create_model
 
     source = ModelSource(model, input_size=size)
@@ -253,7 +253,7 @@ def test_schedule_space_samples_survive_postprocessing(board) -> None:
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmc_attend.compile.tuning.intrinsics import load_tensor_intrinsics
+    from tvmc_attend.compiler.tuning.intrinsics import load_tensor_intrinsics
 
     load_tensor_intrinsics(board)  # as tuning does: TuneContext would import them all (~5 min)
     register_rules()  # as tuning does
@@ -295,8 +295,8 @@ def test_tuned_records_reach_the_build(tmp_path) -> None:
     from tvm import relax
 
     from tvmc_attend.bench.op_benchmark import dcac_block
-    from tvmc_attend.compile.tuning.database import TuningDatabase
-    from tvmc_attend.compile.tuning.tune import TuneOptions, tune_prepared
+    from tvmc_attend.compiler.tuning.database import TuningDatabase
+    from tvmc_attend.compiler.tuning.tune import TuneOptions, tune_prepared
 
     block = dcac_block(16, 14, seed=0, work=str(tmp_path))
     assert_depends_on_input(block.module, inputs(block.x.shape))
@@ -351,7 +351,7 @@ def test_op_benchmark_reports_every_variant(tmp_path) -> None:
 @pytest.mark.emulated
 def test_fused_attendnext_s_runs_on_the_emulated_rpi4(emulated_rpi4, tmp_path) -> None:
     from tvmc_attend import attend_runtime
-    from tvmc_attend.compile.pipeline import compile_bundle
+    from tvmc_attend.compiler.pipeline import compile_bundle
     from tvmc_attend.device import connect
     from tvmc_attend.models import create_model
 
@@ -376,7 +376,7 @@ def test_neon_default_schedule_runs_on_the_emulated_rpi4(channels, size, emulate
     emulated timings mean nothing)."""
     from tvmc_attend import attend_runtime
     from tvmc_attend.bench.op_benchmark import dcac_block
-    from tvmc_attend.compile.bundle import write_bundle
+    from tvmc_attend.compiler.bundle import write_bundle
     from tvmc_attend.device import connect
 
     block = dcac_block(channels, size, seed=0, work=str(tmp_path))

@@ -76,7 +76,7 @@ def _sampled_schedules(func, count: int, seed: int):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.schedule import Trace
 
-    from tvmc_attend.compile.tuning.intrinsics import load_tensor_intrinsics
+    from tvmc_attend.compiler.tuning.intrinsics import load_tensor_intrinsics
 
     load_tensor_intrinsics(HOST)
     register_rules()  # as tuning does

@@ -13,9 +13,9 @@ import pytest
 import torch
 from helpers import RTOL, assert_depends_on_input, inputs, rel_err
 
-from tvmc_attend.compile.build import build_executable
-from tvmc_attend.compile.frontend import ImportedModel, ModelSource, import_model
-from tvmc_attend.compile.prepare import prepare
+from tvmc_attend.compiler.build import build_executable
+from tvmc_attend.compiler.frontend import ImportedModel, ModelSource, import_model
+from tvmc_attend.compiler.prepare import prepare
 from tvmc_attend.errors import UserError
 from tvmc_attend.models import create_model
 from tvmc_attend.targets import get_board

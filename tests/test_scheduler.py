@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from helpers import output, run_cli
+from helpers import cli_here, output, run_cli
 from test_blocked_layout import SmallNet
 
-from tvmc_attend.compile.tuning.scheduler import latency_share_pick
+from tvmc_attend.compiler.tuning.scheduler import latency_share_pick
 
 
 @dataclass
@@ -54,7 +54,7 @@ def test_a_task_without_any_result_gets_the_least_share() -> None:
     assert picks == [2]
 
 
-@pytest.mark.slow
+@pytest.mark.bench  # 240 trials, ~2.5 min: a measurement of where trials go (make bench)
 def test_a_long_run_on_a_small_net_follows_the_time(tmp_path) -> None:
     module = SmallNet().eval()
     path = tmp_path / "small.pt2"
@@ -73,7 +73,7 @@ def test_a_long_run_on_a_small_net_follows_the_time(tmp_path) -> None:
     assert abs(sum(t["share"] for t in tasks) - 1) < 1e-6
     assert data["new_trials"] < 240 + 8  # the last round may pass the budget
     bundle = tmp_path / "bundle"
-    result = run_cli("compile", "--model", path, "--target", "host", "--log-dir", logs,
+    result = cli_here("compile", "--model", path, "--target", "host", "--log-dir", logs,
                      "-o", bundle)
     assert result.returncode == 0, output(result)
     meta = json.loads((bundle / "metadata.json").read_text())

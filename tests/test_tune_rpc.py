@@ -21,6 +21,7 @@ from helpers import (
     RTOL,
     assert_cli_error,
     assert_depends_on_input,
+    cli_here,
     import_bundle_loader,
     inputs,
     kill_group,
@@ -110,8 +111,8 @@ def test_tune_over_rpc_then_compile(rpc_server, tmp_path) -> None:
     assert info["emulated"] is False and info["devices"] == [device]
 
     bundle = tmp_path / "bundle"
-    result = run_cli("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
-                     "--log-dir", log_dir, "-o", bundle, timeout=600)
+    result = cli_here("compile", "--model", MODEL, "--input-size", SIZE, "--target", "host",
+                     "--log-dir", log_dir, "-o", bundle)
     assert result.returncode == 0, output(result)
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["tuned"] is True and meta["tuning"]["records"] == record_count(database)
@@ -156,9 +157,9 @@ def test_lost_device_stops_the_run_and_keeps_the_records(rpc_server, tmp_path) -
 def assert_failures_do_not_count(database: Path) -> None:
     from tvm.s_tir import meta_schedule as ms
 
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.compile.prepare import legalize_and_fuse, prepare_model
-    from tvmc_attend.compile.tuning.database import TuningDatabase, count_records
+    from tvmc_attend.compiler.frontend import ModelSource
+    from tvmc_attend.compiler.prepare import legalize_and_fuse, prepare_model
+    from tvmc_attend.compiler.tuning.database import TuningDatabase, count_records
     from tvmc_attend.targets import get_board
 
     lines = [json.loads(line) for line in
@@ -201,8 +202,8 @@ def test_tune_on_the_emulated_rpi4(emulated_rpi4, tmp_path) -> None:
 
     # the tuned bundle runs on the board and matches PyTorch
     bundle = tmp_path / "bundle"
-    result = run_cli("compile", "--model", MODEL, "--input-size", "8", "--target", "rpi4",
-                     "--log-dir", log_dir, "-o", bundle, timeout=600)
+    result = cli_here("compile", "--model", MODEL, "--input-size", "8", "--target", "rpi4",
+                     "--log-dir", log_dir, "-o", bundle)
     assert result.returncode == 0, output(result)
     assert "tuned on an emulated board" in result.stderr  # the warning
     meta = json.loads((bundle / "metadata.json").read_text())
@@ -214,9 +215,9 @@ def test_tune_on_the_emulated_rpi4(emulated_rpi4, tmp_path) -> None:
 
     x = inputs((1, 40, 8, 8), n=1)[0]
     np.save(tmp_path / "x.npy", x)
-    result = run_cli("run", bundle, "--input", tmp_path / "x.npy", "--output",
+    result = cli_here("run", bundle, "--input", tmp_path / "x.npy", "--output",
                      tmp_path / "y.npy", "--repeat", 2, "--rpc-tracker", emulated_rpi4.tracker,
-                     "--rpc-key", emulated_rpi4.key, timeout=600)
+                     "--rpc-key", emulated_rpi4.key)
     assert result.returncode == 0, output(result)
     reference = create_model(MODEL, input_size=8, seed=0)
     assert_depends_on_input(reference, [x, inputs((1, 40, 8, 8), n=1, seed=9)[0]])

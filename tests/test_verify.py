@@ -18,6 +18,7 @@ from helpers import (
     RTOL,
     assert_cli_error,
     assert_depends_on_input,
+    cli_here,
     import_bundle_loader,
     inputs,
     output,
@@ -62,7 +63,7 @@ def metadata(bundle: Path) -> dict:
 
 
 def test_compile_records_what_it_verified(tmp_path) -> None:
-    result = run_cli("compile", *DCAC, "--target", "host", "-o", tmp_path / "b")
+    result = cli_here("compile", *DCAC, "--target", "host", "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)
     verified = metadata(tmp_path / "b")["verified"]
     assert verified["reference"] == "pytorch" and verified["where"] == "host"
@@ -73,7 +74,7 @@ def test_compile_records_what_it_verified(tmp_path) -> None:
 def test_a_mismatch_writes_nothing_and_says_what_to_try(tmp_path) -> None:
     """A tolerance no float32 build meets: the real check, failing, as a mismatch would."""
     out = tmp_path / "b"
-    result = run_cli("compile", *DCAC, "--target", "host", "--tolerance", "1e-12", "-o", out)
+    result = cli_here("compile", *DCAC, "--target", "host", "--tolerance", "1e-12", "-o", out)
     assert_cli_error(result, "differs from pytorch")
     for hint in ("--no-fuse-dcac", "--no-verify", "--tolerance"):
         assert hint in result.stderr
@@ -83,8 +84,8 @@ def test_a_mismatch_writes_nothing_and_says_what_to_try(tmp_path) -> None:
 def test_the_default_bound_widens_to_the_float32_floor_only() -> None:
     """Against PyTorch, the default bound is max(1e-5, 2 x PyTorch float32's distance to its
     own float64 output); an explicit --tolerance is exact."""
-    from tvmc_attend.compile.frontend import ImportedModel
-    from tvmc_attend.compile.verify import verify
+    from tvmc_attend.compiler.frontend import ImportedModel
+    from tvmc_attend.compiler.verify import verify
 
     torch.manual_seed(0)
     net = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.Tanh()) for _ in range(8)]).eval()
@@ -108,14 +109,14 @@ def test_the_default_bound_widens_to_the_float32_floor_only() -> None:
 
 
 def test_no_verify_records_none(tmp_path) -> None:
-    result = run_cli("compile", *DCAC, "--target", "host", "--no-verify", "-o", tmp_path / "b")
+    result = cli_here("compile", *DCAC, "--target", "host", "--no-verify", "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)
     assert metadata(tmp_path / "b")["verified"] is None
     assert "not verified (--no-verify)" in result.stdout
 
 
 def test_board_bundle_is_verified_on_its_host_twin(tmp_path) -> None:
-    result = run_cli("compile", *DCAC, "--target", "rpi4", "-o", tmp_path / "b")
+    result = cli_here("compile", *DCAC, "--target", "rpi4", "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)
     verified = metadata(tmp_path / "b")["verified"]
     assert verified["where"] == "host twin of rpi4" and verified["max_rel_err"] < RTOL
@@ -123,13 +124,13 @@ def test_board_bundle_is_verified_on_its_host_twin(tmp_path) -> None:
 
 def test_onnx_bundle_is_verified_against_onnxruntime(tmp_path) -> None:
     path = export_onnx(tmp_path / "tiny.onnx", {})
-    result = run_cli("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
+    result = cli_here("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)
     assert metadata(tmp_path / "b")["verified"]["reference"] == "onnxruntime"
 
 
 def test_no_verify_refuses_device_flags(tmp_path) -> None:
-    result = run_cli("compile", *DCAC, "--no-verify", "--rpc-host", "127.0.0.1:9",
+    result = cli_here("compile", *DCAC, "--no-verify", "--rpc-host", "127.0.0.1:9",
                      "-o", tmp_path / "b")
     assert_cli_error(result, "--no-verify")
 
@@ -140,7 +141,7 @@ def test_attendnext_at_288_matches_pytorch(tmp_path) -> None:
     from tvmc_attend.models import create_model
 
     bundle = tmp_path / "an288"
-    result = run_cli("compile", "--model", "attendnext", "--input-size", "288", "--target",
+    result = cli_here("compile", "--model", "attendnext", "--input-size", "288", "--target",
                      "host", "--untuned", "-o", bundle)
     assert result.returncode == 0, output(result)
     assert metadata(bundle)["fused_dcac"] == 4
@@ -157,7 +158,7 @@ def test_attendnext_at_288_matches_pytorch(tmp_path) -> None:
 
 def test_dynamic_onnx_without_a_shape_names_the_dims(tmp_path) -> None:
     path = export_onnx(tmp_path / "dyn.onnx", {0: "N", 2: "H", 3: "W"})
-    result = run_cli("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
+    result = cli_here("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
     assert_cli_error(result, "symbolic dimensions H, W")
     assert "--input-shape" in result.stderr and not (tmp_path / "b").exists()
 
@@ -167,7 +168,7 @@ def test_dynamic_onnx_with_input_shape_compiles_and_matches(tmp_path) -> None:
 
     path = export_onnx(tmp_path / "dyn.onnx", {0: "N", 2: "H", 3: "W"})
     bundle = tmp_path / "b"
-    result = run_cli("compile", "--model", path, "--input-shape", "1x3x40x24", "--target",
+    result = cli_here("compile", "--model", path, "--input-shape", "1x3x40x24", "--target",
                      "host", "-o", bundle)
     assert result.returncode == 0, output(result)
     meta = metadata(bundle)
@@ -181,7 +182,7 @@ def test_dynamic_onnx_with_input_shape_compiles_and_matches(tmp_path) -> None:
 
 def test_a_symbolic_batch_alone_becomes_one(tmp_path) -> None:
     path = export_onnx(tmp_path / "batch.onnx", {0: "batch"})
-    result = run_cli("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
+    result = cli_here("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)
     assert metadata(tmp_path / "b")["input"]["shape"] == [1, 3, 32, 32]
 
@@ -191,7 +192,7 @@ def test_a_symbolic_batch_alone_becomes_one(tmp_path) -> None:
                                              ("1x3xbig", "is not a shape")])
 def test_bad_input_shape(shape, fragment, tmp_path) -> None:
     path = export_onnx(tmp_path / "dyn.onnx", {0: "N", 2: "H", 3: "W"})
-    result = run_cli("compile", "--model", path, "--input-shape", shape, "-o", tmp_path / "b")
+    result = cli_here("compile", "--model", path, "--input-shape", shape, "-o", tmp_path / "b")
     assert_cli_error(result, fragment)
 
 
@@ -202,10 +203,10 @@ def test_dynamic_pt2(tmp_path) -> None:
         "x": {0: torch.export.Dim("N", max=16), 2: 4 * quarter, 3: 4 * quarter}})
     path = tmp_path / "dyn.pt2"
     torch.export.save(exported, str(path))
-    result = run_cli("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
+    result = cli_here("compile", "--model", path, "--target", "host", "-o", tmp_path / "b")
     assert_cli_error(result, "symbolic dimension")
     bundle = tmp_path / "b"
-    result = run_cli("compile", "--model", path, "--input-shape", "1x3x48x48", "--target",
+    result = cli_here("compile", "--model", path, "--input-shape", "1x3x48x48", "--target",
                      "host", "-o", bundle)
     assert result.returncode == 0, output(result)
     assert metadata(bundle)["verified"]["reference"] == "pytorch"
@@ -215,7 +216,7 @@ def test_dynamic_pt2(tmp_path) -> None:
 
 
 def test_zoo_models_take_input_size_not_shape(tmp_path) -> None:
-    result = run_cli("compile", *DCAC, "--input-shape", "1x40x12x12", "-o", tmp_path / "b")
+    result = cli_here("compile", *DCAC, "--input-shape", "1x40x12x12", "-o", tmp_path / "b")
     assert_cli_error(result, "--input-size")
 
 
@@ -234,7 +235,7 @@ def test_benchmark_checks_an_onnx_model_against_onnxruntime(tmp_path) -> None:
 @pytest.mark.emulated
 def test_board_bundle_is_verified_on_the_board(emulated_rpi4, tmp_path) -> None:
     bundle = tmp_path / "b"
-    result = run_cli("compile", *DCAC, "--target", "rpi4", "--rpc-tracker",
+    result = cli_here("compile", *DCAC, "--target", "rpi4", "--rpc-tracker",
                      emulated_rpi4.tracker, "--rpc-key", emulated_rpi4.key, "-o", bundle)
     assert result.returncode == 0, output(result)
     verified = metadata(bundle)["verified"]

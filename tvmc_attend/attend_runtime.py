@@ -106,6 +106,23 @@ def verify_library(bundle_dir: str, meta: dict[str, Any]) -> str:
     return path
 
 
+def check_input(x: Any, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """``x`` as the contiguous array a bundle of input ``shape`` and ``dtype`` takes; a
+    BundleError saying what to do when it is not one."""
+    x = np.asarray(x)
+    if tuple(x.shape) != tuple(shape):
+        raise BundleError(
+            f"input shape {tuple(x.shape)} does not match the bundle's "
+            f"{tuple(shape)}; resize the input or recompile with that shape"
+        )
+    if str(x.dtype) != dtype:
+        raise BundleError(
+            f"input dtype {x.dtype} does not match the bundle's {dtype}; "
+            f"convert it with x.astype('{dtype}')"
+        )
+    return np.ascontiguousarray(x)
+
+
 class Model:
     """A loaded bundle: call it with a numpy array, get a numpy array back."""
 
@@ -121,18 +138,7 @@ class Model:
         self.threads: int | None = meta.get("_threads")  # TVM's threads in effect
 
     def _check_input(self, x: Any) -> np.ndarray:
-        x = np.asarray(x)
-        if tuple(x.shape) != self.input_shape:
-            raise BundleError(
-                f"input shape {tuple(x.shape)} does not match the bundle's "
-                f"{self.input_shape}; resize the input or recompile with that shape"
-            )
-        if str(x.dtype) != self.input_dtype:
-            raise BundleError(
-                f"input dtype {x.dtype} does not match the bundle's {self.input_dtype}; "
-                f"convert it with x.astype('{self.input_dtype}')"
-            )
-        return np.ascontiguousarray(x)
+        return check_input(x, self.input_shape, self.input_dtype)
 
     def _to_device(self, x: np.ndarray) -> Any:
         import tvm

@@ -111,6 +111,16 @@ class TuningDatabase:
 
         return cls.for_model(str(SHIPPED_DIR), board, model)
 
+    @classmethod
+    def named(cls, path: str, board: Board, lowering: str | None) -> TuningDatabase:
+        """A database asked for by name (--database): it must exist and match the target and
+        the lowering, since refusing is the only safe answer for it."""
+        named = cls(path)
+        if not named.exists():
+            raise UserError(f"no tuning database at {path}; tune first or drop --database")
+        named.check_target(board, lowering)
+        return named
+
     @property
     def info_path(self) -> str:
         return os.path.join(self.path, INFO_FILE)

@@ -13,14 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tvmc_attend.compile.build import require_toolchain
-from tvmc_attend.compile.build_board import build_board
-from tvmc_attend.compile.frontend import ModelSource
-from tvmc_attend.compile.inputs import random_input
-from tvmc_attend.compile.lowering import DEFAULT_LAYOUT
-from tvmc_attend.compile.pipeline import compile_prepared
-from tvmc_attend.compile.prepare import prepare_model
-from tvmc_attend.compile.verify import reference_for
+from tvmc_attend.compiler.build_board import build_board
+from tvmc_attend.compiler.frontend import ModelSource
+from tvmc_attend.compiler.inputs import random_input
+from tvmc_attend.compiler.lowering import DEFAULT_LAYOUT
+from tvmc_attend.compiler.pipeline import compile_prepared
+from tvmc_attend.compiler.prepare import prepare_model
+from tvmc_attend.compiler.verify import reference_for
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.targets import Board
 
@@ -76,7 +75,7 @@ def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCA
     (the TVM ones on ``device``)."""
     device.require_for(board, "the benchmark")
     session = device.connect()
-    require_toolchain(board)
+    board.require_toolchain()
     threads = board.thread_count()
     work = work_dir or tempfile.mkdtemp(prefix="tvmc-attend-bench-")
     notes: list[str] = []

@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from tvmc_attend.compile.build import require_toolchain
-from tvmc_attend.compile.build_board import build_board
-from tvmc_attend.compile.frontend import ModelSource
-from tvmc_attend.compile.inputs import random_input
-from tvmc_attend.compile.lowering import DEFAULT_LAYOUT
-from tvmc_attend.compile.pipeline import compile_prepared
-from tvmc_attend.compile.prepare import prepare_model
-from tvmc_attend.compile.tuning.tune import TuneOptions, at_most_every, tune_prepared
-from tvmc_attend.compile.verify import DEFAULT_TOLERANCE, float32_bound, rel_err, torch_float64
+from tvmc_attend.compiler.build_board import build_board
+from tvmc_attend.compiler.frontend import ModelSource
+from tvmc_attend.compiler.inputs import random_input
+from tvmc_attend.compiler.lowering import DEFAULT_LAYOUT
+from tvmc_attend.compiler.pipeline import compile_prepared
+from tvmc_attend.compiler.prepare import prepare_model
+from tvmc_attend.compiler.tuning.tune import TuneOptions, at_most_every, tune_prepared
+from tvmc_attend.compiler.verify import DEFAULT_TOLERANCE, float32_bound, rel_err, torch_float64
 from tvmc_attend.device.choice import LOCAL, DeviceChoice
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
@@ -230,7 +229,7 @@ def run_compare(options: CompareOptions, board: Board, device: DeviceChoice = LO
                         f"({', '.join(options.models)})")
     device.require_for(board, "compare")
     session = device.connect()
-    require_toolchain(board)
+    board.require_toolchain()
     work = options.work_dir or tempfile.mkdtemp(prefix="tvmc-attend-compare-")
     notes: list[str] = []
     if board.is_remote:

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from tvmc_attend.compile.frontend import ModelSource
-from tvmc_attend.compile.lowering import DEFAULT_LAYOUT
-from tvmc_attend.compile.pipeline import compile_prepared
-from tvmc_attend.compile.prepare import PreparedModel, prepare_model
-from tvmc_attend.compile.tuning.database import TuningDatabase
-from tvmc_attend.compile.tuning.tune import extract_tasks
+from tvmc_attend.compiler.frontend import ModelSource
+from tvmc_attend.compiler.lowering import DEFAULT_LAYOUT
+from tvmc_attend.compiler.pipeline import compile_prepared
+from tvmc_attend.compiler.prepare import PreparedModel, prepare_model
+from tvmc_attend.compiler.tuning.database import TuningDatabase
+from tvmc_attend.compiler.tuning.tune import extract_tasks
 from tvmc_attend.device.counting import CountingCore, Counts, GuestSpec
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board, CacheLevel, CoreModel
@@ -130,7 +130,7 @@ def _count_tasks(prepared: PreparedModel, board: Board, db_dir: TuningDatabase,
     """Per task: the untuned kernel counted now, the tuned one's best counted record."""
     import tvm
 
-    from tvmc_attend.compile.tuning.counting_runner import CYCLE_SECS
+    from tvmc_attend.compiler.tuning.counting_runner import CYCLE_SECS
     from tvmc_attend.schedules.default import default_schedule
 
     database = db_dir.open(board, prepared.imported.name, lowering=prepared.lowering)

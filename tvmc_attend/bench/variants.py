@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from tvmc_attend import attend_runtime
-from tvmc_attend.compile.frontend import ImportedModel
-from tvmc_attend.compile.onnx_export import export_onnx
-from tvmc_attend.compile.verify import rel_err
+from tvmc_attend.compiler.frontend import ImportedModel
+from tvmc_attend.compiler.onnx_export import export_onnx
+from tvmc_attend.compiler.verify import rel_err
 from tvmc_attend.threads import ThreadUsage, tvm_threads
 
 # Display labels of the variant keys (the keys are the JSON keys the CLI contract names).

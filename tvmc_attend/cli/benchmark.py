@@ -8,13 +8,13 @@ import typer
 from rich.table import Table
 
 from . import options
-from .options import DeviceFlags
+from .options import DeviceRequest
 from .report import show_report
 
 if TYPE_CHECKING:
     from tvmc_attend.bench.benchmark import BenchmarkReport
     from tvmc_attend.bench.op_benchmark import DCACReport
-    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compiler.frontend import ModelSource
     from tvmc_attend.targets import Board
 
 
@@ -70,7 +70,7 @@ def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: 
                   log_dir: str | None, input_size: int | None, seed: int,
                   json_path: str | None, keep: str | None) -> None:
     from tvmc_attend.bench.op_benchmark import benchmark_dcac
-    from tvmc_attend.compile.frontend import ModelSource
+    from tvmc_attend.compiler.frontend import ModelSource
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
@@ -169,10 +169,10 @@ def benchmark_command(
         False, "--counted",
         help="Count one inference of the untuned and the tuned-by-counting bundle (and each "
              "task) on an emulated core of the board, instead of timing (see `tune --counted`)."),
-    device: DeviceFlags = options.NO_DEVICE_FLAGS,
+    device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
-    from tvmc_attend.bench import benchmark
+    from tvmc_attend import api
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
@@ -185,19 +185,22 @@ def benchmark_command(
     if model is None:
         raise UserError("missing --model: pass a zoo model name or a .onnx/.pt2 file "
                         "(or --op dcac)")
-    board = get_board(target)
-    source = options.model_source(model, input_size, input_shape, checkpoint, seed)
     if counted:
         if device.given:
             raise UserError("--counted counts on an emulated core: drop --rpc-*/--emulate")
+        board = get_board(target)
+        source = options.model_source(model, input_size, input_shape, checkpoint, seed)
         _count_model(board, source, log_dir, layout, json_path, keep)
         return
-    report = benchmark.run_benchmark(
-        source, board, device=device.choose(board), rounds=rounds, runs_per_round=runs_per_round,
-        log_dir=log_dir, work_dir=keep, fuse_dcac=fuse_dcac, layout=layout,
+    report = api.benchmark(
+        model, target, rounds=rounds, runs_per_round=runs_per_round, log_dir=log_dir,
+        keep=keep, input_size=input_size, input_shape=input_shape, checkpoint=checkpoint,
+        seed=seed, fuse_dcac=fuse_dcac, layout=layout, device=device,
         progress=lambda m: typer.echo(m, err=True))
+    from tvmc_attend.bench.benchmark import plot
+
     show_report(report, [report_table(report)], report.notes, width=110, json_path=json_path,
-                plot_path=plot_path, plot=benchmark.plot)
+                plot_path=plot_path, plot=plot)
 
 
 def register(app: typer.Typer) -> None:

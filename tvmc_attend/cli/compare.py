@@ -10,7 +10,7 @@ from rich.table import Table
 from tvmc_attend.errors import UserError
 
 from . import options
-from .options import DeviceFlags
+from .options import DeviceRequest
 from .report import show_report
 
 
@@ -77,7 +77,7 @@ def compare_command(
     input_size: int | None = options.INPUT_SIZE,
     seed: int = options.SEED,
     layout: str = options.LAYOUT,
-    device: DeviceFlags = options.NO_DEVICE_FLAGS,
+    device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Tune, compile and time AttendNeXt and its peers on one target, side by side."""
     from tvmc_attend.bench.compare import CompareOptions, plot, run_compare

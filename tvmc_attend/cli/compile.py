@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import typer
 
-from tvmc_attend.compile.verify import DEFAULT_TOLERANCE
-from tvmc_attend.errors import UserError
+from tvmc_attend.compiler.verify import DEFAULT_TOLERANCE
 
 from . import options
-from .options import DeviceFlags
+from .options import DeviceRequest
 
 
 @options.with_device_flags
@@ -38,39 +36,23 @@ def compile_command(
         help=f"Largest max|TVM - reference| / max|reference| that --verify accepts. Default: "
              f"{DEFAULT_TOLERANCE:g}, or twice PyTorch float32's own error against its "
              f"float64 output where that is larger (deep random-init nets); given, it is exact."),
-    device: DeviceFlags = options.NO_DEVICE_FLAGS,
+    device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Compile a model for a board into a self-contained bundle directory.
 
     The bundle is verified against the model's framework before it is written: on this host,
     on the board given by --rpc-*/--emulate, or else on the board build's host twin (the same
     graph and schedules compiled for this host)."""
-    from tvmc_attend.compile.bundle import check_output_dir
+    from tvmc_attend import api
     from tvmc_attend.targets import get_board
 
-    # Check the cheap things before importing TVM and torch (seconds) and the model (minutes).
     board = get_board(target)
-    check_output_dir(os.path.abspath(output))
-
-    from tvmc_attend.compile.pipeline import compile_bundle
-    from tvmc_attend.compile.verify import VerifyOptions
-
-    source = options.model_source(model, input_size, input_shape, checkpoint, seed)
-    check = None
-    if verify:
-        chosen = device.choose(board)
-        check = VerifyOptions(tolerance=tolerance)
-        if not chosen.is_local:
-            check.session = chosen.connect()
-            check.device = chosen.description + (" (emulated)" if chosen.emulated else "")
-    elif device.given:
-        raise UserError("--rpc-*/--emulate only say where --verify runs; drop them with "
-                        "--no-verify")
     start = time.perf_counter()
-    meta = compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,
-                          database_dir=database, fuse_dcac=fuse_dcac, layout=layout,
-                          verify=check,
-                          warn=lambda m: typer.echo(f"warning: {m}", err=True)).metadata
+    meta = api.compile(model, target, output, untuned=untuned, log_dir=log_dir,
+                       database=database, input_size=input_size, input_shape=input_shape,
+                       checkpoint=checkpoint, seed=seed, fuse_dcac=fuse_dcac, layout=layout,
+                       verify=verify, tolerance=tolerance, device=device,
+                       warn=lambda m: typer.echo(f"warning: {m}", err=True)).metadata
     elapsed = time.perf_counter() - start
     how = f"tuned, {meta.tuning.records} records" if meta.tuned else "untuned"
     how += f", {meta.fused_dcac} DC-AC blocks fused"

@@ -33,7 +33,7 @@ def check_command(
         False, "--no-wait", help="With --repair: exit at once if a tune is using the database."),
 ) -> None:
     """Check every workload and record line; exit 1 if problems remain unrepaired."""
-    from tvmc_attend.compile.tuning.database import TuningDatabase
+    from tvmc_attend.compiler.tuning.database import TuningDatabase
 
     if not os.path.isdir(directory):
         raise UserError(f"no such directory: {directory}")
@@ -87,7 +87,7 @@ def _print_defaults(check: Any, info: Any) -> None:
     those whose default was never measured (databases tuned before defaults were)."""
     import tvm
 
-    from tvmc_attend.compile.tuning.defaults import default_scheduled, default_verdicts
+    from tvmc_attend.compiler.tuning.defaults import default_scheduled, default_verdicts
 
     target = tvm.target.Target(info.target)
     mods = check.workload_mods()

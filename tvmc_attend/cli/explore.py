@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import options
-from .options import DeviceFlags
+from .options import DeviceRequest
 from .report import show_report
 
 
@@ -63,7 +63,7 @@ def explore_command(
     out: str = typer.Option("explored", "--out",
                             help="Where front members' configs (and bundles) are saved."),
     log_dir: str | None = options.LOG_DIR,
-    device: DeviceFlags = options.NO_DEVICE_FLAGS,
+    device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Search AttendNeXt's design space under limits; save the Pareto front by name."""
     from tvmc_attend.explore.search import ExploreOptions, explore, plot

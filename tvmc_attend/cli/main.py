@@ -38,15 +38,25 @@ for _module in VERB_MODULES:
     importlib.import_module(f"tvmc_attend.cli.{_module}").register(app)
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: this process's); its exit code. A UserError
+    is printed as one ``error: ...`` line."""
     # Before any verb imports TVM: its pool, and those of the processes this one starts
     # (MetaSchedule's runner workers inherit the environment), get every core, not half.
     size_thread_pool()
     try:
-        app()
+        app(args=argv, prog_name="tvmc-attend")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        return err.exit_code
+    except SystemExit as done:  # click ends every command so, help and usage errors too
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

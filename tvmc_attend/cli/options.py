@@ -2,7 +2,7 @@
 
 Constants are options that read the same everywhere; the functions make the ones whose default
 or subject differs by verb; ``with_device_flags`` gives a verb the four options that choose a
-device, handed to it as one ``DeviceFlags``.
+device, handed to it as one ``DeviceRequest``.
 """
 
 from __future__ import annotations
@@ -10,17 +10,15 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tvmc_attend.compile.lowering import DEFAULT_LAYOUT
+from tvmc_attend.compiler.lowering import DEFAULT_LAYOUT
+from tvmc_attend.device.choice import DeviceRequest
 
 if TYPE_CHECKING:
-    from tvmc_attend.compile.frontend import ModelSource
-    from tvmc_attend.device.choice import DeviceChoice
-    from tvmc_attend.targets import Board
+    from tvmc_attend.compiler.frontend import ModelSource
 
 MODEL = typer.Option(..., "--model", "-m",
                      help="Zoo model name (see `tvmc-attend models`) or a .onnx / .pt2 file.")
@@ -52,11 +50,10 @@ KEEP = typer.Option(None, "--keep", help="Keep the bundles in this directory.")
 def model_source(model: str, input_size: int | None, input_shape: str | None,
                  checkpoint: str | None, seed: int) -> ModelSource:
     """The model the --model, --input-size, --input-shape, --checkpoint and --seed options
-    name (a malformed --input-shape is a one-line error)."""
-    from tvmc_attend.compile.frontend import ModelSource, parse_shape
+    name, checked before TVM is imported (``api.model_source``)."""
+    from tvmc_attend.api import model_source as checked_source
 
-    return ModelSource(model=model, input_size=input_size, checkpoint=checkpoint, seed=seed,
-                       input_shape=parse_shape(input_shape) if input_shape else None)
+    return checked_source(model, input_size, input_shape, checkpoint, seed)
 
 
 def rounds(default: int = 10, each: str = "variant") -> Any:
@@ -77,28 +74,7 @@ def plot(help: str) -> Any:
     return typer.Option(None, "--plot", help=help)
 
 
-@dataclass(frozen=True)
-class DeviceFlags:
-    """--rpc-tracker, --rpc-key, --rpc-host and --emulate as given."""
-
-    rpc_tracker: str | None = None
-    rpc_key: str | None = None
-    rpc_host: str | None = None
-    emulate: bool = False
-
-    @property
-    def given(self) -> bool:
-        return bool(self.rpc_tracker or self.rpc_host or self.emulate)
-
-    def choose(self, board: Board) -> DeviceChoice:
-        """The device they name for ``board`` (see ``device.choice.choose_device``)."""
-        from tvmc_attend.device.choice import choose_device
-
-        return choose_device(board, self.rpc_tracker, self.rpc_key, self.rpc_host,
-                             self.emulate)
-
-
-NO_DEVICE_FLAGS = DeviceFlags()  # what a decorated command's ``device`` defaults to
+NO_DEVICE_FLAGS = DeviceRequest()  # what a decorated command's ``device`` defaults to
 _DEVICE_OPTIONS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
     for name, option, kind in (("rpc_tracker", RPC_TRACKER, str | None),
@@ -110,14 +86,14 @@ _DEVICE_OPTIONS = [
 
 def with_device_flags(command: Callable[..., None]) -> Callable[..., None]:
     """``command`` with the four device options after its own; it gets them as its ``device``
-    argument, a ``DeviceFlags`` (typer reads options from the signature, hence the rewrite)."""
+    argument, a ``DeviceRequest`` (typer reads options from the signature, hence the rewrite)."""
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "device"]
 
     @functools.wraps(command)
     def with_flags(*args: Any, rpc_tracker: str | None = None, rpc_key: str | None = None,
                    rpc_host: str | None = None, emulate: bool = False, **kwargs: Any) -> None:
-        command(*args, device=DeviceFlags(rpc_tracker, rpc_key, rpc_host, emulate), **kwargs)
+        command(*args, device=DeviceRequest(rpc_tracker, rpc_key, rpc_host, emulate), **kwargs)
 
     with_flags.__signature__ = signature.replace(parameters=own + _DEVICE_OPTIONS)
     return with_flags

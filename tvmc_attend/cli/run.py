@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
@@ -10,10 +10,10 @@ import typer
 from tvmc_attend.errors import UserError
 
 from . import options
-from .options import DeviceFlags
+from .options import DeviceRequest
 
 if TYPE_CHECKING:
-    from tvmc_attend.compile.bundle import BundleMetadata
+    from tvmc_attend.compiler.bundle import BundleMetadata
 
 
 @options.with_device_flags
@@ -32,29 +32,21 @@ def run_command(
         help="Count one inference on an emulated core of the bundle's board instead: "
              "instructions, loads, stores, simulated cache misses and the counted cost (a "
              "rank for comparing builds, not a latency)."),
-    device: DeviceFlags = options.NO_DEVICE_FLAGS,
+    device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Run a bundle locally or on an RPC device; print top-5 and the median latency."""
-    from tvmc_attend import attend_runtime
-    from tvmc_attend.compile.bundle import Bundle
-    from tvmc_attend.compile.inputs import imagenet_labels, load_input, top_k
+    from tvmc_attend import api
+    from tvmc_attend.compiler.bundle import Bundle
+    from tvmc_attend.compiler.inputs import imagenet_labels, top_k
 
-    meta = Bundle.open(bundle).metadata
     if counted:
-        _count_bundle(bundle, meta, device)
+        _count_bundle(bundle, Bundle.open(bundle).metadata, device)
         return
-    # Read the input before connecting, uploading and loading: a bad file fails at once.
-    x = load_input(input_path, meta.input.shape, meta.input.dtype)
-    session, where, emulated = _remote_session(meta, device)
-    try:
-        model = attend_runtime.load(bundle, remote=session, threads=threads)
-        y = model(x)
-        stats = model.benchmark(x, repeat=repeat)
-    except attend_runtime.BundleError as err:
-        raise UserError(str(err)) from None
+    result = api.run(bundle, input_path, repeat=repeat, threads=threads, device=device)
+    y = result.output
     if output_path:
         np.save(output_path, y)
-    typer.echo(f"{meta.model} on {meta.target.name} ({where}), "
+    typer.echo(f"{result.model} on {result.target} ({result.where}), "
                f"input {'random' if input_path is None else input_path}")
     if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] > 1:
         labels = imagenet_labels(y.shape[1])
@@ -64,13 +56,13 @@ def run_command(
             typer.echo(f"  {rank}. class {idx:4d}  p={prob:.4f}{name}")
     else:
         typer.echo(f"output {list(y.shape)}: mean {y.mean():.4g}, std {y.std():.4g}")
-    label = " (emulated)" if emulated else ""
-    typer.echo(f"latency{label}: {stats}, {model.threads} TVM threads")
+    label = " (emulated)" if result.emulated else ""
+    typer.echo(f"latency{label}: {result.latency}, {result.threads} TVM threads")
     if output_path:
         typer.echo(f"output saved to {output_path}")
 
 
-def _count_bundle(bundle: str, meta: BundleMetadata, flags: DeviceFlags) -> None:
+def _count_bundle(bundle: str, meta: BundleMetadata, flags: DeviceRequest) -> None:
     """`run --counted`: one inference counted on an emulated core of the bundle's board."""
     from tvmc_attend.device.choice import counting_device
     from tvmc_attend.device.counting import CountingCore, CountingError
@@ -90,17 +82,6 @@ def _count_bundle(bundle: str, meta: BundleMetadata, flags: DeviceFlags) -> None
                f"{counts.stores:,} | misses {misses}")
     typer.echo(f"counted cost: {counts.cycles(board.core_model) / 1e6:,.1f} Mcycles (a "
                "deterministic rank of the work done on this core model, not a latency)")
-
-
-def _remote_session(meta: BundleMetadata, flags: DeviceFlags) -> tuple[Any, str, bool]:
-    """(session or None, where it runs, emulated?) for the device flags."""
-    from tvmc_attend.targets import get_board
-
-    device = flags.choose(get_board(meta.target.name))
-    if device.is_local:
-        return None, "local", False
-    where = f"{'emulated board, ' if device.emulated else ''}{device.description}"
-    return device.connect(), where, device.emulated
 
 
 def register(app: typer.Typer) -> None:

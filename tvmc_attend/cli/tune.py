@@ -13,10 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from . import options
-from .options import DeviceFlags
+from .options import DeviceRequest
 
 if TYPE_CHECKING:
-    from tvmc_attend.compile.tuning.tune import ProgressHook, TuneResult
+    from tvmc_attend.compiler.tuning.progress import ProgressHook, TuneResult
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -47,7 +47,9 @@ def summary_line(result: TuneResult) -> str:
     done = sum(t.done for t in result.tasks)
     cost = (f"counted cost {_fmt_ms(result.estimated_ms)} Mcycles (not a latency)"
             if result.counted else f"estimated latency{label} {_fmt_ms(result.estimated_ms)} ms")
-    return (f"trials {done}/{result.budget} ({result.new_trials} new, "
+    # a replay is a candidate the search offered again, answered from the database
+    replayed = f", {result.replayed} known answered from the database" if result.replayed else ""
+    return (f"trials {done}/{result.budget} ({result.new_trials} new{replayed}, "
             f"{result.trials_per_minute:.1f} trials/min) | {cost} | {result.seconds:.0f} s "
             f"on {result.device}")
 
@@ -78,40 +80,31 @@ def tune_command(
         help="No board needed: rank candidates by their counted cost (instructions and "
              "simulated cache misses) on an emulated core of the target, not by time. The "
              "database records measured_by: counted; a later tune on a real board replaces it."),
+    warm_start: bool = typer.Option(
+        True, "--warm-start/--no-warm-start",
+        help="Start each task the database has no record of from the 2 best schedules of "
+             "the database shipped for this target and model, measured here first (their "
+             "run times elsewhere are not copied)."),
+    warm_start_from: str | None = typer.Option(
+        None, "--warm-start-from",
+        help="Warm-start from the database of this target and model under this tuning-log "
+             "root (e.g. a colleague's --log-dir) instead of the shipped one."),
     no_wait: bool = typer.Option(
         False, "--no-wait",
         help="Exit at once if another tune is using the database (default: wait for it)."),
     json_path: str | None = options.json_report(
         "Write the per-task table and the run's figures as JSON."),
-    device: DeviceFlags = options.NO_DEVICE_FLAGS,
+    device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
-    from tvmc_attend.targets import get_board
+    from tvmc_attend import api
 
-    # Check the flags before importing TVM and torch (seconds).
-    board = get_board(target)
-    if counted:
-        from tvmc_attend.device.choice import counting_device
-
-        chosen = counting_device(board, device.rpc_tracker, device.rpc_host)
-    else:
-        chosen = device.choose(board)
-    chosen.require_for(board, "tuning")
-
-    from tvmc_attend.compile.tuning.database import TuningDatabase
-
-    source = options.model_source(model, input_size, input_shape, checkpoint, seed)
-    # One tune per database: lock it before importing TVM and torch (seconds), so that
-    # --no-wait answers at once; tune_model takes the same lock again.
-    with TuningDatabase.for_model(log_dir, board, source.name).lock(wait=not no_wait):
-        from tvmc_attend.compile.tuning.tune import TuneOptions, tune_model
-
-        tune_options = TuneOptions(trials=trials, trials_per_task=trials_per_task,
-                                   trials_per_round=trials_per_round, seed=seed,
-                                   log_dir=log_dir, wait=not no_wait, layout=layout)
-        result = _with_progress(lambda on_progress: tune_model(
-            source, board, tune_options, device=chosen, on_progress=on_progress,
-            fuse_dcac=fuse_dcac))
+    result = _with_progress(lambda on_progress: api.tune(
+        model, target, trials=trials, trials_per_task=trials_per_task,
+        trials_per_round=trials_per_round, log_dir=log_dir, input_size=input_size,
+        input_shape=input_shape, checkpoint=checkpoint, seed=seed, fuse_dcac=fuse_dcac,
+        layout=layout, counted=counted, wait=not no_wait, warm_start=warm_start,
+        warm_start_from=warm_start_from, device=device, on_progress=on_progress))
     # Off a terminal (a log file, CI), wide enough for whole task names.
     console = Console(width=None if Console().is_terminal else 160)
     console.print(task_table(result, f"{result.model} on {result.board}"))
@@ -119,6 +112,9 @@ def tune_command(
     if result.defaults_measured:
         console.print(f"default schedules measured: {result.defaults_measured} (what an "
                       "untuned build runs; the search's records must beat them to be used)")
+    if result.seed:
+        console.print(f"warm start: {result.seeded} schedules of {result.seed} measured "
+                      "here first")
     console.print(f"database: {result.database}")
     if json_path:
         from tvmc_attend.files import write_json_atomic
@@ -133,7 +129,7 @@ def tune_command(
 def _with_progress(run: Callable[[ProgressHook], TuneResult]) -> TuneResult:
     """``run(on_progress)`` with a live table on a terminal, else a line every 30 s (a log
     file or CI would only show a live table at the end)."""
-    from tvmc_attend.compile.tuning.tune import at_most_every
+    from tvmc_attend.compiler.tuning.progress import at_most_every
 
     console = Console()
     if not console.is_terminal:
