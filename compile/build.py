@@ -8,7 +8,7 @@ from typing import Any
 
 from tvmc_attend.targets import Board
 
-from .prepare import legalize_and_fuse
+from .lowering import legalize_and_fuse
 
 
 def build_executable(mod: Any, board: Board, database: Any = None) -> Any:

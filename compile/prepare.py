@@ -5,7 +5,7 @@ PyTorch's nearest resize (torch imports only; the ONNX frontend reads the right 
 file), BatchNorm folded into the convolutions, then, unless asked not to, every DC-AC block
 replaced by the fused operator (which expects the folded conv + bias form), then the layout
 the convolutions compute in (``LAYOUTS``; channel-blocked by default, which depends on the
-target's vector width). Tuning and the build then both start from ``legalize_and_fuse``.
+target's vector width). Tuning and the build then both start from ``lowering.legalize_and_fuse``.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from typing import Any
 import tvm
 
 from tvmc_attend.relay_ops import (
-    FAST_MATH_LEGALIZATION,
     BlockedLayout,
     FixTorchNearestResize,
     FoldBatchNorm,
     FuseDCAC,
 )
-from tvmc_attend.relay_ops.blocked_conv import SCHEDULE_RULE as BLOCKED_CONV_RULE
 from tvmc_attend.targets import Board, vector_isa
 
 from .frontend import ImportedModel, ModelSource, import_model
@@ -160,49 +158,3 @@ def _fused(fuse: FuseDCAC | None) -> int:
     for reason in fuse.unmatched:
         _LOG.warning("DC-AC not fused: %s", reason)
     return fuse.fused
-
-
-def legalize_and_fuse(mod: Any, board: Board) -> Any:
-    """``mod`` legalised and fused the way ``compile_relax`` does before it applies a database:
-    the one form tuning extracts its tasks from and the build looks them up in, so that both
-    share workload keys. Sigmoid, SiLU and exp are lowered as vectorisable arithmetic
-    (``relay_ops.fast_math``), not one libm call per lane."""
-    from tvm import relax
-    from tvm.relax import pipeline
-
-    target = board.tvm_target()
-    with target:
-        seq = tvm.transform.Sequential([
-            *pipeline.library_dispatch_passes(target),
-            relax.transform.LegalizeOps(customize_legalize_map=FAST_MATH_LEGALIZATION),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            relax.transform.FuseOps(),
-            relax.transform.FuseTIR(),
-        ])
-        return _keep_generic_rules_off(seq(mod))
-
-
-def _keep_generic_rules_off(mod: Any) -> Any:
-    """In each fused function around a blocked convolution, mark every other block (and the
-    root) ``schedule_rule: None``: our rule schedules the whole function from the conv, and a
-    generic rule on the epilogue or the root would re-tile or re-parallelise its loops."""
-    from tvm.s_tir import Schedule
-
-    from tvmc_attend.schedules.default import operator_rule
-
-    updated = None
-    for gvar, func in mod.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        sch = Schedule(func)
-        if operator_rule(sch) != BLOCKED_CONV_RULE:
-            continue
-        root = sch.get_sblock("root")
-        for block in [root, *sch.get_child_blocks(root)]:
-            if sch.get(block).annotations.get("schedule_rule") is None:
-                sch.annotate(block, "schedule_rule", "None")
-        if updated is None:
-            updated = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-        updated[gvar] = sch.mod["main"]
-    return mod if updated is None else updated

@@ -18,7 +18,8 @@ from torch import nn
 
 from tvmc_attend.compiler.build import build_executable, schedule_module
 from tvmc_attend.compiler.frontend import ModelSource
-from tvmc_attend.compiler.prepare import legalize_and_fuse, preparation_passes, prepare_model
+from tvmc_attend.compiler.lowering import legalize_and_fuse
+from tvmc_attend.compiler.prepare import preparation_passes, prepare_model
 from tvmc_attend.models import DCAC, DCACConfig, init_weights
 from tvmc_attend.relay_ops import FuseDCAC
 from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR, SCHEDULE_RULE

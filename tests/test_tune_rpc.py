@@ -158,7 +158,8 @@ def assert_failures_do_not_count(database: Path) -> None:
     from tvm.s_tir import meta_schedule as ms
 
     from tvmc_attend.compiler.frontend import ModelSource
-    from tvmc_attend.compiler.prepare import legalize_and_fuse, prepare_model
+    from tvmc_attend.compiler.lowering import legalize_and_fuse
+    from tvmc_attend.compiler.prepare import prepare_model
     from tvmc_attend.compiler.tuning.database import TuningDatabase, count_records
     from tvmc_attend.targets import get_board
 

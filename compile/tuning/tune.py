@@ -29,8 +29,8 @@ from tvmc_attend.schedules import register_rules
 from tvmc_attend.targets import Board
 
 from ..frontend import ModelSource
-from ..lowering import DEFAULT_LAYOUT, lowering_of
-from ..prepare import PreparedModel, legalize_and_fuse, prepare_model
+from ..lowering import DEFAULT_LAYOUT, extract_tasks, lowering_of
+from ..prepare import PreparedModel, prepare_model
 from .database import COUNTED, TIMED, TuningDatabase, count_records
 from .defaults import missing_defaults
 from .intrinsics import load_tensor_intrinsics
@@ -106,14 +106,6 @@ def _best_ms(database: Any, task_mod: Any) -> float | None:
         return None
     secs = [float(s) for s in records[0].run_secs]
     return 1e3 * sum(secs) / len(secs)
-
-
-def extract_tasks(prepared: PreparedModel, board: Board) -> list[Any]:
-    """MetaSchedule's tuning tasks of a prepared model (one per distinct fused kernel)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    return list(ms.relax_integration.extract_tasks(legalize_and_fuse(prepared.mod, board),
-                                                   board.tvm_target()))
 
 
 def tune_model(source: ModelSource, board: Board, options: TuneOptions,
@@ -332,4 +324,4 @@ def _default_per_round(trials: int, num_tasks: int) -> int:
 
 
 __all__ = ["TaskState", "TuneOptions", "TuneResult", "TuningPlan", "at_most_every",
-           "extract_tasks", "plan_budgets", "tune_model", "tune_prepared"]
+           "plan_budgets", "tune_model", "tune_prepared"]

@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 
 from tvmc_attend.compiler.frontend import ModelSource
-from tvmc_attend.compiler.lowering import DEFAULT_LAYOUT
+from tvmc_attend.compiler.lowering import DEFAULT_LAYOUT, extract_tasks
 from tvmc_attend.compiler.pipeline import compile_prepared
 from tvmc_attend.compiler.prepare import PreparedModel, prepare_model
 from tvmc_attend.compiler.tuning.database import TuningDatabase
-from tvmc_attend.compiler.tuning.tune import extract_tasks
 from tvmc_attend.device.counting import CountingCore, Counts, GuestSpec
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board, CacheLevel, CoreModel

@@ -22,10 +22,11 @@ import numpy as np
 from tvmc_attend.compiler.build import build_executable
 from tvmc_attend.compiler.frontend import ModelSource
 from tvmc_attend.compiler.inputs import random_input
+from tvmc_attend.compiler.lowering import extract_tasks
 from tvmc_attend.compiler.pipeline import open_database
 from tvmc_attend.compiler.prepare import PreparedModel, prepare_model, with_dcac_fused
 from tvmc_attend.compiler.tuning.database import TuningDatabase, count_records
-from tvmc_attend.compiler.tuning.tune import TuneOptions, extract_tasks, tune_prepared
+from tvmc_attend.compiler.tuning.tune import TuneOptions, tune_prepared
 from tvmc_attend.compiler.verify import DEFAULT_TOLERANCE
 from tvmc_attend.device.choice import LOCAL
 from tvmc_attend.errors import UserError
