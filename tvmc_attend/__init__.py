@@ -5,7 +5,7 @@ compile.prepare (relay_ops passes) -> compile.tuning (MetaSchedule, schedules/, 
 -> compile.build -> compile.bundle (.so + metadata + attend_runtime.py); bench and explore build
 on the compiler; ``api`` (the Python API) on all of them, and cli on the API.
 
-The Python API (``tvmc_attend.compiler``, ``tune``, ``run``, ``benchmark``, ``load``) is
+The Python API (``tvmc_attend.compile``, ``tune``, ``run``, ``benchmark``, ``load``) is
 loaded on first use, so that ``import tvmc_attend`` stays cheap (no TVM, no torch).
 """
 

@@ -214,8 +214,7 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
                     result.seed = f"{seed.database.path} ({seed.origin})"
                     result.seeded = measure_schedules(seed.schedules, target, measure_env,
                                                       database)
-                for state, mod in zip(plan.states, task_mods, strict=True):
-                    state.best_ms = _best_ms(database, mod) or state.best_ms
+                _refresh_best(plan.states, task_mods, database)  # the search starts from it
                 if plan.pending and plan.remaining:
                     _tune_pending(extracted, plan, board, options, database, db_dir.path,
                                   log_dir, measure_env, result, on_progress, start)
@@ -229,12 +228,17 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
             finally:
                 result.seconds = time.perf_counter() - start
                 measure_env.close()
-        for state, mod in zip(plan.states, task_mods, strict=True):
-            state.best_ms = _best_ms(database, mod) or state.best_ms
+        _refresh_best(plan.states, task_mods, database)
         result.new_trials = sum(s.measured for s in plan.states)
     if on_progress:
         on_progress(result)
     return result
+
+
+def _refresh_best(states: list[TaskState], task_mods: list[Any], database: Any) -> None:
+    """Each task's best latency from the database (records this run measured included)."""
+    for state, mod in zip(states, task_mods, strict=True):
+        state.best_ms = _best_ms(database, mod) or state.best_ms
 
 
 def _seed(db_dir: TuningDatabase, board: Board, prepared: PreparedModel, task_mods: list[Any],
