@@ -23,7 +23,7 @@ from tvmc_attend.compiler.tuning.scheduler import latency_share_pick
 @dataclass
 class State:
     weight: float
-    best_ms: float | None
+    best: float | None
     done: int
 
 

@@ -176,9 +176,9 @@ class ProgressCallback(PyMeasureCallback):
         for run in runner_results:
             if run.error_msg is None and run.run_secs:
                 secs = [float(s) for s in run.run_secs]
-                ms_value = 1e3 * sum(secs) / len(secs)
-                if state.best_ms is None or ms_value < state.best_ms:
-                    state.best_ms = ms_value
+                cost = 1e3 * sum(secs) / len(secs)  # ms, or Mcycles when counted
+                if state.best is None or cost < state.best:
+                    state.best = cost
             else:
                 state.errors += 1
                 if run.error_msg and any(e in run.error_msg for e in _DEVICE_ERRORS):

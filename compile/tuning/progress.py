@@ -21,7 +21,9 @@ class TaskState:
     # offered again by the search and answered from the database: not a trial (the budget
     # goes to new candidates), counted to show how much of the search repeats itself
     replayed: int = 0
-    best_ms: float | None = None
+    # the best record's cost in the run's unit (TuneResult.unit): a median latency in ms when
+    # timed, Mcycles of counted cost when counted; never read as a latency without the unit
+    best: float | None = None
     errors: int = 0
     flops: float = 0.0  # per call, as MetaSchedule estimates them
     batches: int = 0  # batches joined this run (some hold no candidate)
@@ -29,10 +31,6 @@ class TaskState:
     @property
     def done(self) -> int:
         return self.previous + self.measured
-
-    @property
-    def gflops(self) -> float | None:
-        return self.flops / self.best_ms / 1e6 if self.best_ms else None
 
 
 @dataclass
@@ -47,7 +45,7 @@ class TuneResult:
     emulated: bool = False
     device: str = "local"
     budget: int = 0
-    # counted on an emulated core: every "ms" below is then Mcycles of counted cost (see
+    # counted on an emulated core: costs are then Mcycles of counted cost (see
     # counting_runner.CYCLE_SECS), never a latency
     counted: bool = False
     defaults_measured: int = 0  # tasks whose default schedule this run added as a record
@@ -64,16 +62,37 @@ class TuneResult:
         return 60.0 * self.new_trials / self.seconds if self.seconds > 0 else 0.0
 
     @property
-    def estimated_ms(self) -> float | None:
-        """Sum over tasks of weight x best latency; None until every task has one."""
-        if not self.tasks or any(t.best_ms is None for t in self.tasks):
+    def unit(self) -> str:
+        """The unit of every task's ``best`` and of ``estimated_cost``."""
+        return "Mcycles" if self.counted else "ms"
+
+    @property
+    def estimated_cost(self) -> float | None:
+        """Sum over tasks of calls x best cost, in ``unit``; None until every task has one."""
+        if not self.tasks or any(t.best is None for t in self.tasks):
             return None
-        return sum(t.weight * t.best_ms for t in self.tasks)
+        return sum(t.weight * t.best for t in self.tasks)
+
+    @property
+    def estimated_ms(self) -> float | None:
+        """The model's estimated latency; None when the run counted instead of timing."""
+        return None if self.counted else self.estimated_cost
+
+    @property
+    def counted_mcycles(self) -> float | None:
+        """The model's counted cost in Mcycles; None when the run timed."""
+        return self.estimated_cost if self.counted else None
+
+    def gflops(self, task: TaskState) -> float | None:
+        """The task's best speed; None when counted (Mcycles are not a time)."""
+        if self.counted or not task.best:
+            return None
+        return task.flops / task.best / 1e6
 
     def share(self, task: TaskState) -> float | None:
-        """The task's part of the estimated model latency (calls x best ms)."""
-        total = self.estimated_ms
-        return task.weight * task.best_ms / total if total and task.best_ms else None
+        """The task's part of the model's estimated cost (calls x best)."""
+        total = self.estimated_cost
+        return task.weight * task.best / total if total and task.best else None
 
     def as_json(self) -> dict[str, Any]:
         # Counted costs are named as what they are, never as milliseconds or GFLOP/s.
@@ -88,9 +107,9 @@ class TuneResult:
             "seeded": self.seeded,
             "seconds": round(self.seconds, 1),
             "trials_per_minute": round(self.trials_per_minute, 1),
-            total: self.estimated_ms, "stopped": self.stopped,
+            total: self.estimated_cost, "stopped": self.stopped,
             "tasks": [{"task": t.name, "flops": t.flops, "calls": t.weight,
-                       best: t.best_ms, **({} if self.counted else {"gflops": t.gflops}),
+                       best: t.best, **({} if self.counted else {"gflops": self.gflops(t)}),
                        "share": self.share(t), "trials": t.done, "new_trials": t.measured,
                        "errors": t.errors}
                       for t in self.tasks],

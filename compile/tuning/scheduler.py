@@ -32,16 +32,16 @@ from tvm.s_tir.meta_schedule.task_scheduler import PyTaskScheduler
 def latency_share_pick(states: Sequence[Any], alive: Sequence[int], first_round: int,
                        in_flight: Sequence[int] = (), batch: int = 0) -> int:
     """The task to measure next among ``alive`` (indices into ``states``, TaskStates with
-    ``weight``, ``best_ms`` and ``done``): one still without a result, fewer than
+    ``weight``, ``best`` and ``done``): one still without a result, fewer than
     ``first_round`` trials and no batch in flight; else the one furthest below its latency
     share of the trials (a batch in flight counts as ``batch`` trials done)."""
     for i in alive:
-        if states[i].best_ms is None and states[i].done < first_round and i not in in_flight:
+        if states[i].best is None and states[i].done < first_round and i not in in_flight:
             return i
-    known = [states[i].best_ms for i in alive if states[i].best_ms is not None]
+    known = [states[i].best for i in alive if states[i].best is not None]
     # A task whose candidates all failed has no latency: give it the least share.
     floor = min(known) if known else 1.0
-    cost = {i: states[i].weight * (states[i].best_ms if states[i].best_ms is not None
+    cost = {i: states[i].weight * (states[i].best if states[i].best is not None
                                    else floor) for i in alive}
     done = {i: states[i].done + (batch if i in in_flight else 0) for i in alive}
     total_cost = sum(cost.values()) or 1.0
@@ -52,7 +52,7 @@ def latency_share_pick(states: Sequence[Any], alive: Sequence[int], first_round:
 @derived_object
 class LatencyShareScheduler(PyTaskScheduler):
     """A MetaSchedule task scheduler over ``states`` (one TaskState per task, kept current by
-    the progress callback: ``done``, ``best_ms``, ``batches``; ``budget``: its most trials,
+    the progress callback: ``done``, ``best``, ``batches``; ``budget``: its most trials,
     records included); ``batch``: candidates per search round; ``new_trials``: the run's
     budget in newly measured candidates (a candidate answered from the database is none)."""
 

@@ -98,7 +98,7 @@ def _native_stderr_to(path: str) -> Iterator[None]:
             os.close(saved)
 
 
-def _best_ms(database: Any, task_mod: Any) -> float | None:
+def _best_cost(database: Any, task_mod: Any) -> float | None:
     if not database.has_workload(task_mod):
         return None
     records = database.get_top_k(database.commit_workload(task_mod), 1)
@@ -174,7 +174,7 @@ def plan_budgets(extracted: list[Any], task_mods: list[Any], database: Any,
     cap = options.trials_per_task or options.trials
     states = [
         TaskState(name=task.task_name, weight=float(task.weight), budget=cap,
-                  previous=min(prev, cap), best_ms=_best_ms(database, mod),
+                  previous=min(prev, cap), best=_best_cost(database, mod),
                   flops=float(estimate_tir_flops(mod)))
         for task, mod, prev in zip(extracted, task_mods, previous, strict=True)
     ]
@@ -236,9 +236,9 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
 
 
 def _refresh_best(states: list[TaskState], task_mods: list[Any], database: Any) -> None:
-    """Each task's best latency from the database (records this run measured included)."""
+    """Each task's best cost from the database (records this run measured included)."""
     for state, mod in zip(states, task_mods, strict=True):
-        state.best_ms = _best_ms(database, mod) or state.best_ms
+        state.best = _best_cost(database, mod) or state.best
 
 
 def _seed(db_dir: TuningDatabase, board: Board, prepared: PreparedModel, task_mods: list[Any],

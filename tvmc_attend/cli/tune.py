@@ -34,9 +34,10 @@ def task_table(result: TuneResult, title: str) -> Table:
         table.add_column(col, justify="left" if col == "task" else "right")
     for i, t in enumerate(result.tasks):
         share = result.share(t)
-        gflops = () if result.counted else (f"{t.gflops:.1f}" if t.gflops else "-",)
+        speed_value = result.gflops(t)
+        gflops = () if result.counted else (f"{speed_value:.1f}" if speed_value else "-",)
         table.add_row(str(i), t.name[:44], f"{t.flops / 1e6:.1f}", f"{t.weight:g}",
-                      _fmt_ms(t.best_ms), *gflops,
+                      _fmt_ms(t.best), *gflops,
                       f"{100 * share:.1f}%" if share is not None else "-", str(t.done),
                       str(t.errors) if t.errors else "")
     return table
@@ -45,7 +46,7 @@ def task_table(result: TuneResult, title: str) -> Table:
 def summary_line(result: TuneResult) -> str:
     label = " (emulated)" if result.emulated else ""
     done = sum(t.done for t in result.tasks)
-    cost = (f"counted cost {_fmt_ms(result.estimated_ms)} Mcycles (not a latency)"
+    cost = (f"counted cost {_fmt_ms(result.counted_mcycles)} Mcycles (not a latency)"
             if result.counted else f"estimated latency{label} {_fmt_ms(result.estimated_ms)} ms")
     # a replay is a candidate the search offered again, answered from the database
     replayed = f", {result.replayed} known answered from the database" if result.replayed else ""
