@@ -220,3 +220,14 @@ def elf_header(path: Path) -> tuple[int, int, int]:
 
 EM_X86_64 = 62
 EM_AARCH64 = 183
+
+
+def op_names(mod: Any) -> set[str]:
+    """The names of the Relax operators that main of ``mod`` calls."""
+    from tvm import relax
+
+    names: set[str] = set()
+    relax.analysis.post_order_visit(
+        mod["main"], lambda e: names.add(e.op.name) if isinstance(e, relax.Call)
+        and hasattr(e.op, "name") else None)
+    return names

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import RTOL, assert_depends_on_input, inputs, rel_err, torch_reference
+from helpers import RTOL, assert_depends_on_input, inputs, op_names, rel_err, torch_reference
 from torch import nn
 
 from tvmc_attend.compiler.build import build_executable, schedule_module
@@ -89,16 +89,6 @@ def drop_unnamed_metaschedule_handlers() -> None:
     logger = logging.getLogger("tvm.s_tir.meta_schedule")
     for handler in [h for h in logger.handlers if h.get_name() is None]:
         logger.removeHandler(handler)
-
-
-def op_names(mod) -> set[str]:
-    from tvm import relax
-
-    names: set[str] = set()
-    relax.analysis.post_order_visit(
-        mod["main"], lambda e: names.add(e.op.name) if isinstance(e, relax.Call)
-        and hasattr(e.op, "name") else None)
-    return names
 
 
 class RewrittenDCAC(nn.Module):

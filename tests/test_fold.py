@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import rel_err
+from helpers import op_names, rel_err
 from torch import nn
 
 from tvmc_attend.compiler.frontend import ModelSource, import_model
@@ -52,16 +52,6 @@ def _run(mod, x: np.ndarray) -> np.ndarray:
     return (out[0] if not hasattr(out, "numpy") else out).numpy()
 
 
-def _op_names(mod) -> set[str]:
-    from tvm import relax
-
-    names: set[str] = set()
-    relax.analysis.post_order_visit(
-        mod["main"], lambda e: names.add(e.op.name) if isinstance(e, relax.Call)
-        and hasattr(e.op, "name") else None)
-    return names
-
-
 @pytest.mark.parametrize("channels, height, width", [
     (5, 1, 1), (5, 7, 3), (16, 33, 64), (3, 96, 96), (9, 2, 129)])
 @pytest.mark.parametrize("frontend", [".pt2", ".onnx"])
@@ -84,7 +74,7 @@ def test_folding_matches_the_framework(frontend, channels, height, width, tmp_pa
         expected = session.run(None, {session.get_inputs()[0].name: x})[0]
     imported = import_model(ModelSource(str(path)))
     folded = preparation_passes(imported.source)(imported.mod)
-    ops = _op_names(folded)
+    ops = op_names(folded)
     assert "relax.nn.batch_norm" not in ops, ops
     actual = _run(folded, x)
     # The fold against the same graph unfolded (TVM's own BatchNorm lowering, constants

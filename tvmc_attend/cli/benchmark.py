@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from . import options
-from .options import DeviceRequest
+from .options import DeviceRequest, ModelFlags
 from .report import show_report
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ def _count_model(board: Board, source: ModelSource, log_dir: str | None, layout:
 
 
 @options.with_device_flags
+@options.with_model_flags
 def benchmark_command(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Zoo model name or a .onnx / .pt2 file (with --op: the "
@@ -152,12 +153,6 @@ def benchmark_command(
     plot_path: str | None = options.plot("Write a PNG bar chart."),
     log_dir: str | None = options.LOG_DIR,
     keep: str | None = options.KEEP,
-    input_size: int | None = options.INPUT_SIZE,
-    input_shape: str | None = options.INPUT_SHAPE,
-    checkpoint: str | None = options.CHECKPOINT,
-    seed: int = options.SEED,
-    fuse_dcac: bool = options.FUSE_DCAC,
-    layout: str = options.LAYOUT,
     op: str | None = typer.Option(
         None, "--op", help="Benchmark an operator instead: 'dcac' (stock Relax fusion vs our "
         "fused DC-AC, per AttendNeXt stage and end to end; host only) or 'counted-vs-timed' "
@@ -169,6 +164,7 @@ def benchmark_command(
         False, "--counted",
         help="Count one inference of the untuned and the tuned-by-counting bundle (and each "
              "task) on an emulated core of the board, instead of timing (see `tune --counted`)."),
+    model_flags: ModelFlags = options.NO_MODEL_FLAGS,
     device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Measure tuned vs untuned TVM (and ONNX Runtime and PyTorch on the host) side by side."""
@@ -179,8 +175,8 @@ def benchmark_command(
     if op is not None:
         if device.given:
             raise UserError("--op measures on this host only; drop --rpc-*/--emulate")
-        _benchmark_op(op, model, target, trials, rounds, log_dir, input_size, seed,
-                      json_path, keep)
+        _benchmark_op(op, model, target, trials, rounds, log_dir, model_flags.input_size,
+                      model_flags.seed, json_path, keep)
         return
     if model is None:
         raise UserError("missing --model: pass a zoo model name or a .onnx/.pt2 file "
@@ -189,13 +185,12 @@ def benchmark_command(
         if device.given:
             raise UserError("--counted counts on an emulated core: drop --rpc-*/--emulate")
         board = get_board(target)
-        source = options.model_source(model, input_size, input_shape, checkpoint, seed)
-        _count_model(board, source, log_dir, layout, json_path, keep)
+        _count_model(board, model_flags.source(model), log_dir, model_flags.layout, json_path,
+                     keep)
         return
     report = api.benchmark(
         model, target, rounds=rounds, runs_per_round=runs_per_round, log_dir=log_dir,
-        keep=keep, input_size=input_size, input_shape=input_shape, checkpoint=checkpoint,
-        seed=seed, fuse_dcac=fuse_dcac, layout=layout, device=device,
+        keep=keep, **model_flags.as_kwargs(), device=device,
         progress=lambda m: typer.echo(m, err=True))
     from tvmc_attend.bench.benchmark import plot
 

@@ -9,10 +9,11 @@ import typer
 from tvmc_attend.compiler.verify import DEFAULT_TOLERANCE
 
 from . import options
-from .options import DeviceRequest
+from .options import DeviceRequest, ModelFlags
 
 
 @options.with_device_flags
+@options.with_model_flags
 def compile_command(
     model: str = options.MODEL,
     target: str = options.TARGET,
@@ -21,12 +22,6 @@ def compile_command(
     log_dir: str | None = options.LOG_DIR,
     database: str | None = typer.Option(None, "--database",
                                         help="A database directory to apply instead."),
-    input_size: int | None = options.INPUT_SIZE,
-    input_shape: str | None = options.INPUT_SHAPE,
-    checkpoint: str | None = options.CHECKPOINT,
-    seed: int = options.SEED,
-    fuse_dcac: bool = options.FUSE_DCAC,
-    layout: str = options.LAYOUT,
     verify: bool = typer.Option(
         True, "--verify/--no-verify",
         help="Run the bundle on a seeded input and compare it with PyTorch (zoo, .pt2) or "
@@ -36,6 +31,7 @@ def compile_command(
         help=f"Largest max|TVM - reference| / max|reference| that --verify accepts. Default: "
              f"{DEFAULT_TOLERANCE:g}, or twice PyTorch float32's own error against its "
              f"float64 output where that is larger (deep random-init nets); given, it is exact."),
+    model_flags: ModelFlags = options.NO_MODEL_FLAGS,
     device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Compile a model for a board into a self-contained bundle directory.
@@ -49,9 +45,8 @@ def compile_command(
     board = get_board(target)
     start = time.perf_counter()
     meta = api.compile(model, target, output, untuned=untuned, log_dir=log_dir,
-                       database=database, input_size=input_size, input_shape=input_shape,
-                       checkpoint=checkpoint, seed=seed, fuse_dcac=fuse_dcac, layout=layout,
-                       verify=verify, tolerance=tolerance, device=device,
+                       database=database, **model_flags.as_kwargs(), verify=verify,
+                       tolerance=tolerance, device=device,
                        warn=lambda m: typer.echo(f"warning: {m}", err=True)).metadata
     elapsed = time.perf_counter() - start
     how = f"tuned, {meta.tuning.records} records" if meta.tuned else "untuned"

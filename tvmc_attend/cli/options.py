@@ -2,14 +2,17 @@
 
 Constants are options that read the same everywhere; the functions make the ones whose default
 or subject differs by verb; ``with_device_flags`` gives a verb the four options that choose a
-device, handed to it as one ``DeviceRequest``.
+device, handed to it as one ``DeviceRequest``, and ``with_model_flags`` the six that say how the
+model is built and lowered, as one ``ModelFlags``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -74,26 +77,66 @@ def plot(help: str) -> Any:
     return typer.Option(None, "--plot", help=help)
 
 
+@dataclass(frozen=True)
+class ModelFlags:
+    """The options that say how a model is built and lowered, as one argument."""
+
+    input_size: int | None = None
+    input_shape: str | None = None
+    checkpoint: str | None = None
+    seed: int = 0
+    fuse_dcac: bool = True
+    layout: str = DEFAULT_LAYOUT
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The flags as the keyword arguments of ``api.compile``/``tune``/``benchmark``."""
+        return dataclasses.asdict(self)
+
+    def source(self, model: str) -> ModelSource:
+        """The model ``model`` names with these flags, checked before TVM is imported."""
+        return model_source(model, self.input_size, self.input_shape, self.checkpoint, self.seed)
+
+
 NO_DEVICE_FLAGS = DeviceRequest()  # what a decorated command's ``device`` defaults to
-_DEVICE_OPTIONS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-    for name, option, kind in (("rpc_tracker", RPC_TRACKER, str | None),
-                               ("rpc_key", RPC_KEY, str | None),
-                               ("rpc_host", RPC_HOST, str | None),
-                               ("emulate", EMULATE, bool))
-]
+NO_MODEL_FLAGS = ModelFlags()  # what a decorated command's ``model_flags`` defaults to
 
 
-def with_device_flags(command: Callable[..., None]) -> Callable[..., None]:
-    """``command`` with the four device options after its own; it gets them as its ``device``
-    argument, a ``DeviceRequest`` (typer reads options from the signature, hence the rewrite)."""
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.name != "device"]
+def _keyword(name: str, option: Any, kind: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=kind)
 
-    @functools.wraps(command)
-    def with_flags(*args: Any, rpc_tracker: str | None = None, rpc_key: str | None = None,
-                   rpc_host: str | None = None, emulate: bool = False, **kwargs: Any) -> None:
-        command(*args, device=DeviceRequest(rpc_tracker, rpc_key, rpc_host, emulate), **kwargs)
 
-    with_flags.__signature__ = signature.replace(parameters=own + _DEVICE_OPTIONS)
-    return with_flags
+def _grouped(argument: str, flags: list[inspect.Parameter],
+             build: Callable[..., Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A decorator giving a command the options ``flags`` after its own; the command gets them
+    as one ``argument``, ``build(**flags)`` (typer reads options from the signature, hence the
+    rewrite)."""
+    names = {p.name for p in flags}
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != argument]
+
+        @functools.wraps(command)
+        def with_flags(*args: Any, **kwargs: Any) -> None:
+            given = {name: kwargs.pop(name) for name in names if name in kwargs}
+            command(*args, **{argument: build(**given)}, **kwargs)
+
+        with_flags.__signature__ = signature.replace(parameters=own + flags)
+        return with_flags
+    return decorate
+
+
+# ``device``: a DeviceRequest from the four options that choose a device
+with_device_flags = _grouped("device", [
+    _keyword("rpc_tracker", RPC_TRACKER, str | None), _keyword("rpc_key", RPC_KEY, str | None),
+    _keyword("rpc_host", RPC_HOST, str | None), _keyword("emulate", EMULATE, bool),
+], DeviceRequest)
+
+# ``model_flags``: a ModelFlags from the six options that say how the model is built
+with_model_flags = _grouped("model_flags", [
+    _keyword("input_size", INPUT_SIZE, int | None),
+    _keyword("input_shape", INPUT_SHAPE, str | None),
+    _keyword("checkpoint", CHECKPOINT, str | None), _keyword("seed", SEED, int),
+    _keyword("fuse_dcac", FUSE_DCAC, bool), _keyword("layout", LAYOUT, str),
+], ModelFlags)

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import options
-from .options import DeviceRequest
+from .options import DeviceRequest, ModelFlags
 
 if TYPE_CHECKING:
     from tvmc_attend.compiler.tuning.progress import ProgressHook, TuneResult
@@ -56,6 +56,7 @@ def summary_line(result: TuneResult) -> str:
 
 
 @options.with_device_flags
+@options.with_model_flags
 def tune_command(
     model: str = options.MODEL,
     target: str = options.TARGET,
@@ -70,12 +71,6 @@ def tune_command(
         None, "--trials-per-round", min=1,
         help="Candidates per search round (default: 2-16, so that every task gets one)."),
     log_dir: str | None = options.LOG_DIR,
-    input_size: int | None = options.INPUT_SIZE,
-    input_shape: str | None = options.INPUT_SHAPE,
-    checkpoint: str | None = options.CHECKPOINT,
-    seed: int = options.SEED,
-    fuse_dcac: bool = options.FUSE_DCAC,
-    layout: str = options.LAYOUT,
     counted: bool = typer.Option(
         False, "--counted",
         help="No board needed: rank candidates by their counted cost (instructions and "
@@ -95,6 +90,7 @@ def tune_command(
         help="Exit at once if another tune is using the database (default: wait for it)."),
     json_path: str | None = options.json_report(
         "Write the per-task table and the run's figures as JSON."),
+    model_flags: ModelFlags = options.NO_MODEL_FLAGS,
     device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
     """Tune a model's operators for a board; rerun to resume (records are never re-measured)."""
@@ -102,9 +98,8 @@ def tune_command(
 
     result = _with_progress(lambda on_progress: api.tune(
         model, target, trials=trials, trials_per_task=trials_per_task,
-        trials_per_round=trials_per_round, log_dir=log_dir, input_size=input_size,
-        input_shape=input_shape, checkpoint=checkpoint, seed=seed, fuse_dcac=fuse_dcac,
-        layout=layout, counted=counted, wait=not no_wait, warm_start=warm_start,
+        trials_per_round=trials_per_round, log_dir=log_dir, **model_flags.as_kwargs(),
+        counted=counted, wait=not no_wait, warm_start=warm_start,
         warm_start_from=warm_start_from, device=device, on_progress=on_progress))
     # Off a terminal (a log file, CI), wide enough for whole task names.
     console = Console(width=None if Console().is_terminal else 160)
