@@ -9,6 +9,7 @@ from typing import Any
 from tvmc_attend.targets import Board
 
 from .lowering import legalize_and_fuse
+from .stages import stage
 
 
 def build_executable(mod: Any, board: Board, database: Any = None) -> Any:
@@ -31,9 +32,11 @@ def schedule_module(mod: Any, board: Board, database: Any = None) -> Any:
     target = board.tvm_target()
     mod = legalize_and_fuse(mod, board)
     if database is not None:
-        with target, database, tvm.transform.PassContext(opt_level=3):
+        with stage("applying tuning records"), target, database, \
+                tvm.transform.PassContext(opt_level=3):
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    return apply_default_schedules(mod, target)
+    with stage("lowering (default schedules of our operators)"):
+        return apply_default_schedules(mod, target)
 
 
 def build_scheduled(mod: Any, target: Any) -> Any:
@@ -47,7 +50,7 @@ def build_scheduled(mod: Any, target: Any) -> Any:
     # cpu_generic does not export it; compile_relax falls back to the same list.)
     lower = tvm.transform.Sequential([*cpu.dataflow_lower_passes(target),
                                       *cpu.finalize_passes(target)])
-    with target, tvm.transform.PassContext(opt_level=3):
+    with stage("build"), target, tvm.transform.PassContext(opt_level=3):
         return relax.build(mod, target=target, relax_pipeline=lower)
 
 
@@ -61,10 +64,11 @@ def export_library(executable: Any, board: Board, path: str) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
-        if fcompile is None:
-            executable.export_library(tmp)
-        else:
-            executable.export_library(tmp, fcompile=fcompile)
+        with stage(f"build (linking with {board.cross_compiler or 'the host compiler'})"):
+            if fcompile is None:
+                executable.export_library(tmp)
+            else:
+                executable.export_library(tmp, fcompile=fcompile)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -7,12 +7,17 @@ frontend produced it (BatchNorm included); graph rewrites come after (``prepare`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tvmc_attend.errors import UserError
+
+from .stages import StageError, stage
 
 
 @dataclass
@@ -101,13 +106,11 @@ def _relax_io(mod: Any) -> tuple[str, tuple[int, ...], str, tuple[int, ...], str
 def _from_exported_program(exported: Any) -> Any:
     from tvm.relax.frontend.torch import from_exported_program
 
-    try:
+    # the frontend raises bare asserts/ValueErrors on unsupported ops
+    with stage("import (TVM's torch frontend)"):
         # unwrap_unit_return_tuple: a tuple result has no .numpy() over RPC.
         return from_exported_program(exported, keep_params_as_input=False,
                                      unwrap_unit_return_tuple=True)
-    except Exception as err:  # the frontend raises bare asserts/ValueErrors on unsupported ops
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"TVM's torch frontend could not import the model: {first}") from None
 
 
 def _import_zoo(source: ModelSource) -> ImportedModel:
@@ -125,7 +128,7 @@ def _import_zoo(source: ModelSource) -> ImportedModel:
     if source.input_size:
         shape[-2:] = [source.input_size, source.input_size]
     example = torch.zeros(shape, dtype=torch.float32)
-    with torch.no_grad():
+    with stage("import (torch.export)"), torch.no_grad():
         exported = torch.export.export(model, (example,))
     mod = _from_exported_program(exported)
     return _imported(source, mod, torch_module=model)
@@ -165,7 +168,8 @@ def _import_pt2(source: ModelSource) -> ImportedModel:
 
 def _import_onnx(source: ModelSource) -> ImportedModel:
     import onnx
-    from tvm.relax.frontend.onnx import from_onnx
+
+    from .onnx_shapes import fold_runtime_shapes, has_runtime_shapes
 
     _require_file(source.model)
     try:
@@ -181,12 +185,27 @@ def _import_onnx(source: ModelSource) -> ImportedModel:
     declared = [d.dim_value if d.dim_value > 0 else (d.dim_param or "?")
                 for d in inputs[0].type.tensor_type.shape.dim]
     shape = bind_input_shape(f"'{source.model}' input '{inputs[0].name}'", declared, source)
+    if has_runtime_shapes(proto):
+        with stage("import (folding run-time shapes with ONNX Runtime)"):
+            proto = fold_runtime_shapes(proto, inputs[0].name, shape)
+    return _imported(source, _relax_from_onnx(proto, inputs[0].name, shape))
+
+
+def _relax_from_onnx(proto: Any, input_name: str, shape: list[int]) -> Any:
+    """TVM's ONNX frontend on ``proto``; a failure names the operator it was converting (the
+    frontend prints it, then raises)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    printed = io.StringIO()
     try:
-        mod = from_onnx(proto, shape_dict={inputs[0].name: shape}, keep_params_in_input=False)
+        with contextlib.redirect_stdout(printed):
+            return from_onnx(proto, shape_dict={input_name: shape}, keep_params_in_input=False)
+    except UserError:
+        raise
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"TVM's ONNX frontend could not import '{source.model}': {first}") from None
-    return _imported(source, mod)
+        found = re.search(r"Error converting operator (\w+)", printed.getvalue())
+        raise StageError("import (TVM's ONNX frontend)", err,
+                         where=f"operator {found.group(1)}" if found else None) from err
 
 
 def format_shape(shape: list[int | str] | tuple[int, ...]) -> str:
@@ -251,6 +270,8 @@ _FRONTENDS: dict[str, Callable[[ModelSource], ImportedModel]] = {
 
 
 def import_model(source: ModelSource) -> ImportedModel:
-    """Import ``source`` into Relax with the frontend its kind calls for."""
+    """Import ``source`` into Relax with the frontend its kind calls for; a failure inside a
+    frontend is a one-line StageError."""
     frontend = _FRONTENDS.get(source.kind, _import_zoo)
-    return frontend(source)
+    with stage("import"):
+        return frontend(source)

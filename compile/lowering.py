@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .stages import run_passes, stage
+
 # Bump when a change to preparation or lowering changes the tuning tasks of a model (their
 # workloads): databases tuned before then are not applied (their records would match nothing,
 # or, worse, something else). 1: fast-math sigmoid/exp, channel layouts (Dec 2026).
@@ -27,7 +29,6 @@ def legalize_and_fuse(mod: Any, board: Any) -> Any:
     the one form tuning extracts its tasks from and the build looks them up in, so that both
     share workload keys. Sigmoid, SiLU and exp are lowered as vectorisable arithmetic
     (``relay_ops.fast_math``), not one libm call per lane."""
-    import tvm
     from tvm import relax
     from tvm.relax import pipeline
 
@@ -35,15 +36,17 @@ def legalize_and_fuse(mod: Any, board: Any) -> Any:
 
     target = board.tvm_target()
     with target:
-        seq = tvm.transform.Sequential([
+        # one pass at a time, so that a failure names the pass (compile/stages.py)
+        mod = run_passes([
             *pipeline.library_dispatch_passes(target),
             relax.transform.LegalizeOps(customize_legalize_map=FAST_MATH_LEGALIZATION),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
-        ])
-        return _keep_generic_rules_off(seq(mod))
+        ], mod, kind="lowering")
+        with stage("lowering (schedule rules of blocked convolutions)"):
+            return _keep_generic_rules_off(mod)
 
 
 def _keep_generic_rules_off(mod: Any) -> Any:
@@ -77,5 +80,6 @@ def extract_tasks(prepared: Any, board: Any) -> list[Any]:
     """MetaSchedule's tuning tasks of a prepared model (one per distinct fused kernel)."""
     from tvm.s_tir import meta_schedule as ms
 
-    return list(ms.relax_integration.extract_tasks(legalize_and_fuse(prepared.mod, board),
-                                                   board.tvm_target()))
+    lowered = legalize_and_fuse(prepared.mod, board)
+    with stage("lowering (task extraction)"):
+        return list(ms.relax_integration.extract_tasks(lowered, board.tvm_target()))

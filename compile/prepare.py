@@ -27,6 +27,7 @@ from tvmc_attend.targets import Board, vector_isa
 
 from .frontend import ImportedModel, ModelSource, import_model
 from .lowering import LAYOUT_NAMES, lowering_of
+from .stages import run_passes, stage
 
 TORCH_SOURCES = ("zoo", ".pt2")  # imported through torch.export
 _LOG = logging.getLogger("tvmc_attend.relay_ops")
@@ -81,14 +82,20 @@ class PreparedModel:
         return lowering_of(self.layout.name)
 
 
-def preparation_passes(source: str, fuse: FuseDCAC | None = None) -> tvm.transform.Pass:
+def preparation_pass_list(source: str, fuse: FuseDCAC | None = None) -> list[Any]:
     """The rewrites a model imported from ``source`` ("zoo", ".onnx", ".pt2") gets, in order;
     ``fuse`` (a ``FuseDCAC`` instance, which then reports what it did) last, when given."""
     passes = [FixTorchNearestResize()] if source in TORCH_SOURCES else []
     passes.append(FoldBatchNorm())
     if fuse is not None:
         passes.append(fuse)
-    return tvm.transform.Sequential(passes, name="tvmc_attend.prepare")
+    return passes
+
+
+def preparation_passes(source: str, fuse: FuseDCAC | None = None) -> tvm.transform.Pass:
+    """``preparation_pass_list`` as one pass."""
+    return tvm.transform.Sequential(preparation_pass_list(source, fuse),
+                                    name="tvmc_attend.prepare")
 
 
 def prepare(imported: ImportedModel, fuse_dcac: bool = True, layout: str = "nchw",
@@ -97,8 +104,10 @@ def prepare(imported: ImportedModel, fuse_dcac: bool = True, layout: str = "nchw
     False), then converted to ``layout`` (one of ``LAYOUTS``) for ``board``'s vector ISA;
     blocks the fusion could not match are left alone and logged."""
     fuse = FuseDCAC() if fuse_dcac else None
-    mod = preparation_passes(imported.source, fuse)(imported.mod)
-    mod, report = convert_layout(mod, layout, board)
+    # one pass at a time, so that a failure names the pass (compile/stages.py)
+    mod = run_passes(preparation_pass_list(imported.source, fuse), imported.mod)
+    with stage(f"layout conversion ({layout})"):
+        mod, report = convert_layout(mod, layout, board)
     return PreparedModel(imported=imported, mod=mod, fused_dcac=_fused(fuse), layout=report)
 
 

@@ -31,6 +31,7 @@ from tvmc_attend.targets import Board
 from ..frontend import ModelSource
 from ..lowering import DEFAULT_LAYOUT, extract_tasks, lowering_of
 from ..prepare import PreparedModel, prepare_model
+from ..stages import stage
 from .database import COUNTED, TIMED, TuningDatabase, count_records
 from .defaults import missing_defaults
 from .intrinsics import load_tensor_intrinsics
@@ -205,7 +206,8 @@ def _tune_locked(prepared: PreparedModel, board: Board, options: TuneOptions,
         measure_env = _set_up_measurement(board, measured, device, workers, log_dir)
         start = time.perf_counter()
         with (measure_env.stop.on_sigint(),
-              _native_stderr_to(os.path.join(log_dir, "native.log"))):
+              _native_stderr_to(os.path.join(log_dir, "native.log")),
+              stage("tuning")):  # records measured so far stay in the database
             try:
                 # first, what an untuned build would run: the search must beat it
                 result.defaults_measured = measure_schedules(defaults, target, measure_env,

@@ -1,0 +1,154 @@
+"""Any CNN a user brings: one small network per family (channel shuffle, squeeze-excite with
+depthwise convs, dense concat, attention) exported by both of PyTorch's ONNX exporters compiles
+for the host and verifies against ONNX Runtime; a file TVM cannot take fails in one line that
+names the stage and the operator, and ``--debug`` shows the traceback.
+
+The TorchScript exporter (``dynamo=False``, how most ONNX files in circulation were made)
+computes reshape targets at run time (Shape -> Gather -> Concat -> Reshape); those files failed
+to import before their shape computations were folded (``compile/onnx_shapes.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import onnx
+import pytest
+import torch
+from helpers import assert_cli_error, cli_here, output
+from torch import nn
+
+from tvmc_attend.compiler.frontend import ModelSource, import_model
+from tvmc_attend.compiler.onnx_shapes import SHAPE_OPS, fold_runtime_shapes, has_runtime_shapes
+from tvmc_attend.compiler.stages import StageError, run_passes
+
+
+def _shufflenet() -> nn.Module:
+    from torchvision.models import ShuffleNetV2
+
+    return ShuffleNetV2([2, 2, 2], [8, 16, 32, 64, 128], num_classes=10)
+
+
+def _mobilenet_v3() -> nn.Module:
+    from torchvision.models import mobilenet_v3_small
+
+    return mobilenet_v3_small(num_classes=10, width_mult=0.25)
+
+
+def _densenet() -> nn.Module:
+    from torchvision.models import DenseNet
+
+    return DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
+                    num_classes=10)
+
+
+def _vit() -> nn.Module:
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                             hidden_dim=32, mlp_dim=64, num_classes=10)
+
+
+# family -> (a small network of it, the input size it is exported at)
+FAMILIES = {
+    "channel-shuffle": (_shufflenet, 48),
+    "squeeze-excite-depthwise": (_mobilenet_v3, 48),
+    "dense-concat": (_densenet, 40),
+    "attention": (_vit, 32),
+}
+EXPORTERS = {"torchscript": False, "dynamo": True}
+
+
+def export(module: nn.Module, size: int, path, dynamo: bool,
+           dynamic: dict[int, str] | None = None) -> str:
+    """``module`` exported to ONNX at ``size``; TorchScript exports get a symbolic batch (and
+    ``dynamic`` dims), as files made for deployment usually have."""
+    torch.manual_seed(0)
+    module = module.eval()
+    example = torch.randn(1, 3, size, size)
+    # both exporters print progress and deprecation notes; the file is what matters here
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=dynamo, input_names=["x"],
+                          output_names=["y"], opset_version=17,
+                          **({} if dynamo else {"dynamic_axes": {"x": dynamic or {0: "batch"}}}))
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_compiles_and_verifies_from_both_exporters(family, exporter, tmp_path) -> None:
+    make, size = FAMILIES[family]
+    path = export(make(), size, tmp_path / f"{family}.onnx", EXPORTERS[exporter])
+    out = tmp_path / "bundle"
+    result = cli_here("compile", "--model", path, "--target", "host", "-o", out, "--untuned")
+    assert result.returncode == 0, output(result)
+    assert "verified against onnxruntime" in result.stdout, output(result)
+    assert "Traceback" not in result.stderr
+
+
+def test_torchscript_shape_chains_fold_to_constants(tmp_path) -> None:
+    """The folded graph has no shape computation left, keeps the bound input shape, and
+    computes what the file computes (ONNX Runtime on both, at two inputs)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    path = export(_shufflenet(), 48, tmp_path / "shuffle.onnx", dynamo=False,
+                  dynamic={0: "batch", 2: "height", 3: "width"})
+    proto = onnx.load(path)
+    assert has_runtime_shapes(proto), "the TorchScript export computes shapes at run time"
+    for shape in ([1, 3, 48, 48], [1, 3, 33, 65]):  # the exported size and another
+        folded = fold_runtime_shapes(proto, "x", shape)
+        assert not {n.op_type for n in folded.graph.node} & SHAPE_OPS
+        dims = [d.dim_value for d in folded.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == shape
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None,
+                                                                                 {"x": x})[0]
+        got = ort.InferenceSession(folded.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_unsupported_operator_is_one_line_naming_stage_and_operator(tmp_path) -> None:
+    class WithCelu(nn.Module):  # CELU: a standard ONNX operator TVM's frontend lacks
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return nn.functional.celu(self.conv(x))
+
+    path = export(WithCelu(), 16, tmp_path / "celu.onnx", dynamo=False)
+    out = tmp_path / "bundle"
+    result = cli_here("compile", "--model", path, "-o", out, "--untuned")
+    assert_cli_error(result, "import (TVM's ONNX frontend) failed", "Celu",
+                     "report the model file")
+    assert result.returncode == StageError.exit_code and not out.exists()
+    debug = cli_here("compile", "--model", path, "-o", out, "--untuned", "--debug")
+    assert debug.returncode == StageError.exit_code and not out.exists()
+    assert "Traceback" in debug.stderr and "Celu" in debug.stderr.splitlines()[-1]
+
+
+def test_a_failing_pass_is_named(tmp_path) -> None:
+    """run_passes applies real Relax passes in order, and names the one that raised (a
+    pass written to fail: no Relax pass fails on a valid model on purpose)."""
+    from tvm import relax
+
+    mod = import_model(ModelSource("dcac", input_size=8)).mod
+    legalized = run_passes([relax.transform.LegalizeOps()], mod, kind="lowering")
+    assert legalized is not mod
+
+    @relax.transform.function_pass(opt_level=0, name="RaisesOnPurpose")
+    class RaisesOnPurpose:
+        def transform_function(self, func, _mod, _ctx):
+            raise ValueError("the pass refuses this function")
+
+    with pytest.raises(StageError) as excinfo:
+        run_passes([relax.transform.LegalizeOps(), RaisesOnPurpose()], mod)
+    message = str(excinfo.value)
+    assert "graph rewrite (RaisesOnPurpose) failed" in message and "\n" not in message
+    assert "the pass refuses this function" in message
