@@ -209,7 +209,8 @@ def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable
     staging = tempfile.mkdtemp(prefix=".bundle-", dir=parent)
     os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is meant to be copied around
     try:
-        library = f"{imported.name}-{board.name}.so"
+        # "timm:resnet18" -> "timm-resnet18": a colon in a file name trips scp and Windows
+        library = f"{imported.name.replace(':', '-')}-{board.name}.so"
         lib_path = os.path.join(staging, library)
         export_library(executable, board, lib_path)
         sha256 = attend_runtime.sha256_of(lib_path)

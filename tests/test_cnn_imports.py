@@ -152,3 +152,26 @@ def test_a_failing_pass_is_named(tmp_path) -> None:
     message = str(excinfo.value)
     assert "graph rewrite (RaisesOnPurpose) failed" in message and "\n" not in message
     assert "the pass refuses this function" in message
+
+
+@pytest.mark.slow
+def test_hub_name_compiles_for_a_board_and_verifies(tmp_path) -> None:
+    """A torchvision classifier by name, cross-compiled for rpi4 and checked on its host twin
+    against PyTorch; the library's file name has no colon (scp reads one as host:path)."""
+    out = tmp_path / "bundle"
+    result = cli_here("compile", "--model", "torchvision:squeezenet1_1", "--input-size", 48,
+                      "--target", "rpi4", "-o", out, "--untuned")
+    assert result.returncode == 0, output(result)
+    assert "verified against pytorch on host twin of rpi4" in result.stdout, output(result)
+    assert [p.name for p in out.glob("*.so")] == ["torchvision-squeezenet1_1-rpi4.so"]
+
+
+def test_models_all_lists_every_accepted_name() -> None:
+    import json
+
+    result = cli_here("models", "--all", "--json")
+    assert result.returncode == 0, output(result)
+    names = json.loads(result.stdout)
+    assert names["zoo"][0] == "attendnext"
+    assert "torchvision:inception_v3" in names["torchvision"]
+    assert "timm:mobilenetv3_large_100" in names["timm"] and len(names["timm"]) > 500

@@ -99,6 +99,44 @@ def test_import_does_not_load_timm() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
+# ----------------------------------------------------------------------------------- hub names
+
+
+@pytest.mark.parametrize(("name", "shape"), [
+    ("torchvision:resnet18", (1, 3, 224, 224)),
+    ("torchvision:inception_v3", (1, 3, 299, 299)),  # the size its weights were trained at
+    ("timm:efficientnet_b3", (1, 3, 288, 288)),
+    ("timm:mobilenetv3_small_050", (1, 3, 224, 224)),
+])
+def test_hub_names_resolve_offline_at_their_trained_size(name, shape) -> None:
+    spec = get_model_spec(name)
+    assert spec.name == name and spec.family == name.split(":")[0]
+    assert spec.default_input_shape == shape
+    assert [s.name for s in list_models()] == ZOO, "a hub name is not listed in the zoo"
+
+
+@pytest.mark.parametrize(("name", "fragments"), [
+    ("timm:resnet19", ("timm has no model 'resnet19'", "timm:resnet18", "models --all")),
+    ("torchvision:resnet", ("torchvision has no model 'resnet'", "torchvision:resnet18")),
+    ("hub:resnet18", ("unknown model 'hub:resnet18'", "timm:<name>")),
+])
+def test_unknown_hub_name_suggests_the_closest(name, fragments) -> None:
+    with pytest.raises(UserError) as excinfo:
+        get_model_spec(name)
+    _assert_one_line_error(excinfo, *fragments)
+
+
+@pytest.mark.parametrize("name", ["timm:mobilenetv3_small_050", "torchvision:squeezenet1_1"])
+def test_hub_models_are_seeded_and_not_degenerate(name) -> None:
+    """Random weights from the seed (no download), any input size, the classes asked for."""
+    model = create_model(name, input_size=65, num_classes=7, seed=3)
+    again = create_model(name, input_size=65, num_classes=7, seed=3)
+    (x,) = _inputs((1, 3, 65, 65), n=1)
+    assert _run(model, x).shape == (1, 7)
+    assert torch.equal(_run(model, x), _run(again, x))
+    _assert_non_degenerate(model, (2, 3, 65, 65))
+
+
 # ----------------------------------------------------------------------------------- architecture
 
 

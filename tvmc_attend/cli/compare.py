@@ -62,7 +62,7 @@ def compare_command(
     target: str = options.TARGET,
     models: str = typer.Option(
         "attendnext,mobilenetv3_large_100,mobileone_s1,fbnetc_100,mobilevit_xs", "--models",
-        help="Comma-separated zoo models to compare."),
+        help="Comma-separated zoo models, or timm:<name> / torchvision:<name>, to compare."),
     baseline: str | None = typer.Option(
         None, "--baseline", help="Model the ratios refer to (default: attendnext if compared, "
                                  "else the first)."),

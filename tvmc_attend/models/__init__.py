@@ -1,13 +1,15 @@
-"""The model zoo: AttendNeXt, its DC-AC block and the timm peers it is compared with, and
-AttendNeXt designs saved by `explore`.
+"""The model zoo: AttendNeXt, its DC-AC block and the timm peers it is compared with,
+AttendNeXt designs saved by `explore`, and any timm or torchvision classifier by hub-style name
+(``timm:<name>``, ``torchvision:<name>``).
 
 Importing the model modules registers them (``@register_model``), in the order ``list_models``
-reports; ``saved`` registers the lookup of saved designs by name. timm itself is imported only
-when a timm model is created.
+reports; ``saved`` and ``hub`` register the lookup of saved designs and of hub names. timm and
+torchvision are imported only when one of their models is asked for.
 """
 
 from tvmc_attend.models import (  # noqa: F401  (registration side effect)
     attendnext,
+    hub,
     saved,
     timm_peers,
 )

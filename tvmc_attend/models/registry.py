@@ -31,6 +31,9 @@ class ModelSpec:
     input_multiple: int = 32
     # Default classifier width; None means the model has no classifier (e.g. the lone DC-AC block).
     num_classes: int | None = 1000
+    # False for models a resolver registered on first use (hub names, saved designs):
+    # ``list_models`` lists the zoo, whatever a process has looked up before.
+    listed: bool = True
 
     def input_shape(self, input_size: int | None = None) -> tuple[int, int, int, int]:
         """The NCHW input shape for a square ``input_size`` (the default shape when None)."""
@@ -65,6 +68,7 @@ def register_model(
     input_multiple: int = 32,
     num_classes: int | None = 1000,
     name: str | None = None,
+    listed: bool = True,
 ) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator registering a factory under its function name (or ``name``), in call order."""
 
@@ -80,6 +84,7 @@ def register_model(
             factory=factory,
             input_multiple=input_multiple,
             num_classes=num_classes,
+            listed=listed,
         )
         return factory
 
@@ -93,8 +98,8 @@ def register_resolver(resolver: ModelResolver) -> ModelResolver:
 
 
 def list_models() -> list[ModelSpec]:
-    """All registered models, in registration order (the order the CLI lists them)."""
-    return list(_REGISTRY.values())
+    """The zoo's models, in registration order (the order the CLI lists them)."""
+    return [spec for spec in _REGISTRY.values() if spec.listed]
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -105,10 +110,10 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        valid = ", ".join(_REGISTRY)
+        valid = ", ".join(spec.name for spec in list_models())
         raise UserError(
             f"unknown model {name!r}; valid models: {valid} "
-            "(or pass a path to a .onnx or .pt2 file)"
+            "(or timm:<name>, torchvision:<name>, or a path to a .onnx or .pt2 file)"
         ) from None
 
 

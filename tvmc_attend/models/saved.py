@@ -79,5 +79,5 @@ def register_saved(name: str) -> bool:
         return build_model(design, num_classes)
 
     register_model(description=f"explored AttendNeXt design ({os.path.abspath(path)})",
-                   family="attendnext", name=name)(factory)
+                   family="attendnext", name=name, listed=False)(factory)
     return True
