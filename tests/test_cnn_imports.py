@@ -175,3 +175,28 @@ def test_models_all_lists_every_accepted_name() -> None:
     assert names["zoo"][0] == "attendnext"
     assert "torchvision:inception_v3" in names["torchvision"]
     assert "timm:mobilenetv3_large_100" in names["timm"] and len(names["timm"]) > 500
+
+
+@pytest.mark.slow
+def test_sweep_records_each_build_and_resumes(tmp_path) -> None:
+    """`sweep` on the DC-AC block (one exporter, the host): one verified build in the JSON and
+    the Markdown table; a rerun with the same JSON builds nothing again."""
+    import json
+
+    report, table = tmp_path / "sweep.json", tmp_path / "sweep.md"
+    args = ("sweep", "--models", "dcac", "--targets", "host", "--paths", "torchscript",
+            "--json", report, "--markdown", table)
+    first = cli_here(*args)
+    assert first.returncode == 0, output(first)
+    assert "dcac torchscript host: ok" in first.stdout
+    (build,) = json.loads(report.read_text())["builds"]
+    assert build["ok"] and build["max_rel_err"] < 1e-4 and build["seconds"] > 0
+    assert "| dcac |" in table.read_text() and "1 of 1 builds" in table.read_text()
+    again = cli_here(*args)
+    assert again.returncode == 0 and "dcac torchscript host" not in again.stdout
+    assert len(json.loads(report.read_text())["builds"]) == 1
+
+
+def test_sweep_rejects_an_unknown_path(tmp_path) -> None:
+    result = cli_here("sweep", "--paths", "tflite", "--json", tmp_path / "s.json")
+    assert_cli_error(result, "unknown --paths tflite", "torchscript")

@@ -21,6 +21,7 @@ VERB_MODULES = [
     "db",
     "benchmark",
     "compare",
+    "sweep",
     "explore",
     "device",
     "tracker",
