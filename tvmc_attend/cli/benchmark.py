@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import typer
@@ -69,18 +70,22 @@ def dcac_tables(report: DCACReport) -> list[Table]:
 def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: int,
                   log_dir: str | None, input_size: int | None, seed: int,
                   json_path: str | None, keep: str | None) -> None:
-    from tvmc_attend.bench.op_benchmark import benchmark_dcac
     from tvmc_attend.compiler.frontend import ModelSource
     from tvmc_attend.errors import UserError
     from tvmc_attend.targets import get_board
 
-    if op not in ("dcac", "counted-vs-timed"):
-        raise UserError(f"unknown operator '{op}' for --op; valid: dcac, counted-vs-timed")
+    if op not in _OPS:
+        raise UserError(f"unknown operator '{op}' for --op; valid: {', '.join(_OPS)}")
     board = get_board(target)
     source = ModelSource(model=model or "attendnext", input_size=input_size, seed=seed)
-    if op == "counted-vs-timed":
-        _counted_vs_timed(board, source, trials, seed, json_path, keep)
-        return
+    _OPS[op](board, source, trials, rounds, log_dir, seed, json_path, keep)
+
+
+def _dcac(board: Board, source: ModelSource, trials: int, rounds: int, log_dir: str | None,
+          seed: int, json_path: str | None, keep: str | None) -> None:
+    """`--op dcac`: stock Relax fusion vs our fused DC-AC, per stage and end to end."""
+    from tvmc_attend.bench.op_benchmark import benchmark_dcac
+
     report = benchmark_dcac(board, trials=trials, repeat=rounds, seed=seed, model=source,
                             log_dir=log_dir, work_dir=keep,
                             progress=lambda m: typer.echo(m, err=True))
@@ -88,8 +93,34 @@ def _benchmark_op(op: str, model: str | None, target: str, trials: int, rounds: 
                 width=150, json_path=json_path)
 
 
-def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, seed: int,
-                      json_path: str | None, keep: str | None) -> None:
+def _cache_flush(board: Board, source: ModelSource, candidates: int, rounds: int,
+                 log_dir: str | None, seed: int, json_path: str | None,
+                 keep: str | None) -> None:
+    """`--op cache-flush`: do warm or cache-flushed kernel timings rank a tuned database's
+    best records as the whole model runs them?"""
+    from tvmc_attend.bench.cache_flush import flush_check
+
+    report = flush_check(source, board, log_dir=log_dir, candidates=min(candidates, 8),
+                         runs=max(rounds, 5), seed=seed,
+                         progress=lambda m: typer.echo(m, err=True))
+    table = Table(title=f"kernel timings vs time in the whole model, {report.model} on "
+                        f"{report.board} ({report.threads} threads), {report.date}")
+    for col in ("task", "candidates", "Spearman warm", "Spearman flushed"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for name, rho in report.per_task.items():
+        n = sum(1 for r in report.rows if r["task"] == name)
+        table.add_row(name[:48], str(n), f"{rho['warm']:.2f}", f"{rho['flushed']:.2f}")
+    table.add_row("mean", "", f"{report.mean_rho('warm'):.2f}",
+                  f"{report.mean_rho('flushed'):.2f}")
+    totals = {k: report.total_us(k) / 1e3 for k in ("warm", "flushed", "in_model")}
+    note = (f"best records of these tasks, calls x time: warm {totals['warm']:.2f} ms, "
+            f"flushed {totals['flushed']:.2f} ms, in the model {totals['in_model']:.2f} ms")
+    show_report(report, [table], [note], width=120, json_path=json_path)
+
+
+def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, rounds: int,
+                      log_dir: str | None, seed: int, json_path: str | None,
+                      keep: str | None) -> None:
     """`--op counted-vs-timed`: does the counted cost rank schedules as this host's clock?"""
     from tvmc_attend.bench.counted import rank_check
     from tvmc_attend.errors import UserError
@@ -108,6 +139,14 @@ def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, seed: 
         table.add_row(name, str(n), f"{rho:.3f}")
     table.add_row("pooled (all tasks)", str(len(report.candidates)), f"{report.pooled:.3f}")
     show_report(report, [table], [], width=120, json_path=json_path)
+
+
+# --op NAME -> its handler (board, source, trials, rounds, log_dir, seed, json, keep)
+_OPS: dict[str, Callable[..., None]] = {
+    "dcac": _dcac,
+    "counted-vs-timed": _counted_vs_timed,
+    "cache-flush": _cache_flush,
+}
 
 
 def _count_model(board: Board, source: ModelSource, log_dir: str | None, layout: str,
@@ -155,11 +194,14 @@ def benchmark_command(
     keep: str | None = options.KEEP,
     op: str | None = typer.Option(
         None, "--op", help="Benchmark an operator instead: 'dcac' (stock Relax fusion vs our "
-        "fused DC-AC, per AttendNeXt stage and end to end; host only) or 'counted-vs-timed' "
-        "(how the counted cost of sampled conv schedules ranks against their time here)."),
+        "fused DC-AC, per AttendNeXt stage and end to end; host only), 'counted-vs-timed' "
+        "(how the counted cost of sampled conv schedules ranks against their time here) or "
+        "'cache-flush' (warm vs cache-flushed kernel timings of a tuned database's best "
+        "records, against their time inside the whole model)."),
     trials: int = typer.Option(64, "--trials", min=1,
                                help="With --op dcac: tuning trials for each block variant; "
-                                    "with --op counted-vs-timed: candidates per conv task."),
+                                    "with --op counted-vs-timed: candidates per conv task; "
+                                    "with --op cache-flush: records per task (at most 8)."),
     counted: bool = typer.Option(
         False, "--counted",
         help="Count one inference of the untuned and the tuned-by-counting bundle (and each "
