@@ -228,6 +228,9 @@ def test_compile_records_how_many_dcac_blocks_were_fused(flag, fused, tmp_path) 
     ((), "missing --model"),
     (("--op", "conv9"), "unknown operator 'conv9' for --op; valid: dcac"),
     (("--op", "dcac", "--emulate"), "--op measures on this host only"),
+    (("--op", "cache-flush", "--target", "rpi4"), "measures on this host; use --target host"),
+    (("--op", "cache-flush", "--model", "dcac", "--log-dir", "no-such-dir"),
+     "no tuning database at"),
 ])
 def test_benchmark_bad_flags(args, fragment) -> None:
     assert_cli_error(cli_here("benchmark", *args), fragment)
