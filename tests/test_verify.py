@@ -108,6 +108,38 @@ def test_the_default_bound_widens_to_the_float32_floor_only() -> None:
     assert not strict.passed and strict.float32_floor == 0
 
 
+def test_onnx_float64_reference_is_exact_and_widens_the_bound(tmp_path) -> None:
+    """For an .onnx file the float32 floor comes from ONNX's reference evaluator in float64:
+    it matches PyTorch in float64 (conv, BatchNorm, grouped conv, flatten, linear) far below
+    float32's own error, so a deep net's float32 noise widens the bound and a wrong answer
+    still fails."""
+    from tvmc_attend.compiler.frontend import ImportedModel
+    from tvmc_attend.compiler.verify import onnx_float64, verify
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, groups=4, padding=1), nn.Flatten(),
+                        nn.Linear(8 * 9 * 7, 5)).eval()
+    path = tmp_path / "net.onnx"
+    x = np.random.default_rng(3).standard_normal((1, 3, 11, 9)).astype(np.float32)
+    torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=False,
+                      input_names=["x"], opset_version=17)
+    with torch.inference_mode():
+        want = net.double()(torch.from_numpy(x).double()).numpy()
+    got = onnx_float64(str(path), x)
+    assert got.dtype == np.float64
+    # ~2e-8, not 1e-15: the exporter folds BatchNorm into the conv's float32 weights
+    assert np.abs(got - want).max() <= 1e-7 * np.abs(want).max()
+    imported = ImportedModel(name="net", source=".onnx", mod=None, input_name="x",
+                             input_shape=(1, 3, 11, 9), input_dtype="float32",
+                             output_shape=(1, 5), output_dtype="float32", path=str(path))
+    exact = lambda x: onnx_float64(str(path), x).astype(np.float32)  # noqa: E731
+    noisy = verify(lambda x: exact(x) * (1 + 3e-7), imported, "host", tolerance=1e-7)
+    assert not noisy.passed and noisy.float32_floor == 0  # explicit tolerance: exact
+    wrong = verify(lambda x: exact(x) * (1 + 5e-4), imported, "host")
+    assert not wrong.passed and wrong.float32_floor > 0 and wrong.bound < 5e-4
+
+
 def test_no_verify_records_none(tmp_path) -> None:
     result = cli_here("compile", *DCAC, "--target", "host", "--no-verify", "-o", tmp_path / "b")
     assert result.returncode == 0, output(result)

@@ -29,7 +29,7 @@ def compile_command(
     tolerance: float | None = typer.Option(
         None, "--tolerance", min=0.0, show_default=False,
         help=f"Largest max|TVM - reference| / max|reference| that --verify accepts. Default: "
-             f"{DEFAULT_TOLERANCE:g}, or twice PyTorch float32's own error against its "
+             f"{DEFAULT_TOLERANCE:g}, or twice the reference's own float32 error against its "
              f"float64 output where that is larger (deep random-init nets); given, it is exact."),
     model_flags: ModelFlags = options.NO_MODEL_FLAGS,
     device: DeviceRequest = options.NO_DEVICE_FLAGS,
