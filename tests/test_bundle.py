@@ -193,8 +193,12 @@ def test_the_loader_runs_the_threads_asked_for(host_bundle, asked) -> None:
     """TVM sizes its pool once, from TVM_NUM_THREADS, else half an x86 machine's logical CPUs
     (one thread on two): the loader must size it before first use. Counted from what ran:
     threads that each did a real share of the work (a share, not a time, so that a loaded
-    machine slows every thread alike and the count holds)."""
+    machine slows every thread alike and the count holds). Waiting threads do not spin here
+    (TVM_THREAD_POOL_SPIN_COUNT=0; it does not change the pool's size): under load a thread
+    that waits for a descheduled one spun long enough to push that one's share below the bar,
+    so the count measured spinning, not who computed."""
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    env["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
     result = subprocess.run([sys.executable, "-c", THREAD_PROBE, str(host_bundle), str(asked)],
                             capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 0, output(result)
