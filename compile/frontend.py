@@ -200,8 +200,6 @@ def _relax_from_onnx(proto: Any, input_name: str, shape: list[int]) -> Any:
     try:
         with contextlib.redirect_stdout(printed):
             return from_onnx(proto, shape_dict={input_name: shape}, keep_params_in_input=False)
-    except UserError:
-        raise
     except Exception as err:
         found = re.search(r"Error converting operator (\w+)", printed.getvalue())
         raise StageError("import (TVM's ONNX frontend)", err,

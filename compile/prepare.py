@@ -1,6 +1,6 @@
-"""Graph preparation: the Relax rewrites between import and build, as one pass pipeline.
+"""Graph preparation: the Relax rewrites between import and build, one pass after another.
 
-``preparation_passes`` composes the ``relay_ops`` passes in a ``tvm.transform.Sequential``:
+``preparation_passes`` lists the ``relay_ops`` passes, applied one at a time (``run_passes``):
 PyTorch's nearest resize (torch imports only; the ONNX frontend reads the right mode from the
 file), BatchNorm folded into the convolutions, then, unless asked not to, every DC-AC block
 replaced by the fused operator (which expects the folded conv + bias form), then the layout
@@ -82,7 +82,7 @@ class PreparedModel:
         return lowering_of(self.layout.name)
 
 
-def preparation_pass_list(source: str, fuse: FuseDCAC | None = None) -> list[Any]:
+def preparation_passes(source: str, fuse: FuseDCAC | None = None) -> list[Any]:
     """The rewrites a model imported from ``source`` ("zoo", ".onnx", ".pt2") gets, in order;
     ``fuse`` (a ``FuseDCAC`` instance, which then reports what it did) last, when given."""
     passes = [FixTorchNearestResize()] if source in TORCH_SOURCES else []
@@ -92,12 +92,6 @@ def preparation_pass_list(source: str, fuse: FuseDCAC | None = None) -> list[Any
     return passes
 
 
-def preparation_passes(source: str, fuse: FuseDCAC | None = None) -> tvm.transform.Pass:
-    """``preparation_pass_list`` as one pass."""
-    return tvm.transform.Sequential(preparation_pass_list(source, fuse),
-                                    name="tvmc_attend.prepare")
-
-
 def prepare(imported: ImportedModel, fuse_dcac: bool = True, layout: str = "nchw",
             board: Board | None = None) -> PreparedModel:
     """``imported`` rewritten by ``preparation_passes`` (DC-AC fusion unless ``fuse_dcac`` is
@@ -105,7 +99,7 @@ def prepare(imported: ImportedModel, fuse_dcac: bool = True, layout: str = "nchw
     blocks the fusion could not match are left alone and logged."""
     fuse = FuseDCAC() if fuse_dcac else None
     # one pass at a time, so that a failure names the pass (compile/stages.py)
-    mod = run_passes(preparation_pass_list(imported.source, fuse), imported.mod)
+    mod = run_passes(preparation_passes(imported.source, fuse), imported.mod)
     with stage(f"layout conversion ({layout})"):
         mod, report = convert_layout(mod, layout, board)
     return PreparedModel(imported=imported, mod=mod, fused_dcac=_fused(fuse), layout=report)

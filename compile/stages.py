@@ -8,10 +8,9 @@ traceback (kept as the error's ``__cause__``). TVM-free: the CLI imports it to p
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from tvmc_attend.errors import UserError
 
@@ -70,21 +69,6 @@ def stage(name: str, where: str | None = None) -> Iterator[None]:
         raise
     except Exception as err:
         raise StageError(name, err, where) from err
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def in_stage(name: str) -> Callable[[F], F]:
-    """Decorator form of ``stage``."""
-
-    def decorate(function: F) -> F:
-        @functools.wraps(function)
-        def staged(*args: Any, **kwargs: Any) -> Any:
-            with stage(name):
-                return function(*args, **kwargs)
-        return staged  # type: ignore[return-value]
-    return decorate
 
 
 def run_passes(passes: Sequence[Any], mod: Any, kind: str = "graph rewrite") -> Any:

@@ -200,3 +200,11 @@ def test_sweep_records_each_build_and_resumes(tmp_path) -> None:
 def test_sweep_rejects_an_unknown_path(tmp_path) -> None:
     result = cli_here("sweep", "--paths", "tflite", "--json", tmp_path / "s.json")
     assert_cli_error(result, "unknown --paths tflite", "torchscript")
+
+
+def test_sweep_refuses_to_resume_from_another_json(tmp_path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text('{"model": "attendnext"}')
+    result = cli_here("sweep", "--models", "dcac", "--json", other)
+    assert_cli_error(result, "is not a sweep report to resume", "another --json")
+    assert other.read_text() == '{"model": "attendnext"}'  # left as it was

@@ -20,6 +20,7 @@ from tvmc_attend.compiler.build import build_executable, schedule_module
 from tvmc_attend.compiler.frontend import ModelSource
 from tvmc_attend.compiler.lowering import legalize_and_fuse
 from tvmc_attend.compiler.prepare import preparation_passes, prepare_model
+from tvmc_attend.compiler.stages import run_passes
 from tvmc_attend.models import DCAC, DCACConfig, init_weights
 from tvmc_attend.relay_ops import FuseDCAC
 from tvmc_attend.relay_ops.dcac_op import FUNC_ATTR, SCHEDULE_RULE
@@ -56,7 +57,7 @@ def relax_of(module: nn.Module, shape: tuple[int, ...]):
         exported = torch.export.export(module.eval(), (torch.zeros(shape),))
     mod = from_exported_program(exported, keep_params_as_input=False,
                                 unwrap_unit_return_tuple=True)
-    return preparation_passes(".pt2")(mod)
+    return run_passes(preparation_passes(".pt2"), mod)
 
 
 def run(mod, x: np.ndarray, target=None) -> np.ndarray:

@@ -16,6 +16,7 @@ from torch import nn
 
 from tvmc_attend.compiler.frontend import ModelSource, import_model
 from tvmc_attend.compiler.prepare import preparation_passes
+from tvmc_attend.compiler.stages import run_passes
 
 
 class ConvBnNet(nn.Module):
@@ -73,7 +74,7 @@ def test_folding_matches_the_framework(frontend, channels, height, width, tmp_pa
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         expected = session.run(None, {session.get_inputs()[0].name: x})[0]
     imported = import_model(ModelSource(str(path)))
-    folded = preparation_passes(imported.source)(imported.mod)
+    folded = run_passes(preparation_passes(imported.source), imported.mod)
     ops = op_names(folded)
     assert "relax.nn.batch_norm" not in ops, ops
     actual = _run(folded, x)

@@ -136,25 +136,27 @@ def flush_check(source: ModelSource, board: Board, log_dir: str | None = None,
     db_dir = TuningDatabase.to_apply(log_dir, board, source.name)
     if not db_dir.exists():
         raise UserError(f"no tuning database at {db_dir.path}; tune {source.name} first")
+    db_dir.check_target(board, lowering_of(DEFAULT_LAYOUT))  # before the minute of import
     prepared = prepare_model(source, layout=DEFAULT_LAYOUT, board=board)
-    db_dir.check_target(board, lowering_of(DEFAULT_LAYOUT))
     database = db_dir.open(board, source.name, lowering=prepared.lowering)
     target = board.tvm_target()
     register_rules()
     extracted = extract_tasks(prepared, board)
-    chosen = []
+    # each task's best records, read once: the chosen tasks' candidates, the others' best
+    records = {}
     for task in extracted:
         mod = task.dispatched[0]
-        if not database.has_workload(mod):
-            continue
-        top = database.get_top_k(database.commit_workload(mod), candidates)
-        if len(top) >= 3:
-            best = float(np.mean([float(s) for s in top[0].run_secs]))
-            chosen.append((float(task.weight) * best, task, mod, top))
+        if database.has_workload(mod):
+            records[task.task_name] = database.get_top_k(database.commit_workload(mod),
+                                                         candidates)
+    chosen = [(float(task.weight) * float(np.mean([float(s) for s in top[0].run_secs])),
+               task, task.dispatched[0], top)
+              for task in extracted if len(top := records.get(task.task_name, [])) >= 3]
     chosen.sort(key=lambda c: -c[0])
     chosen = chosen[:tasks]
     if not chosen:
         raise UserError(f"{db_dir.path} has no task with 3 or more records")
+    chosen_names = {task.task_name for _, task, _, _ in chosen}
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     for _, task, mod, top in chosen:
@@ -167,16 +169,11 @@ def flush_check(source: ModelSource, board: Board, log_dir: str | None = None,
     for j in range(candidates):
         memory = ms.database.MemoryDatabase()
         for task in extracted:  # every task at its best, the chosen ones at their j-th
-            mod = task.dispatched[0]
-            picked = next((c[3] for c in chosen if c[1] is task), None)
-            if picked is None:
-                if not database.has_workload(mod):
-                    continue
-                picked = database.get_top_k(database.commit_workload(mod), 1)
-                if not picked:
-                    continue
-            record = picked[min(j, len(picked) - 1)]
-            workload = memory.commit_workload(mod)
+            top = records.get(task.task_name)
+            if not top:
+                continue
+            record = top[min(j, len(top) - 1)] if task.task_name in chosen_names else top[0]
+            workload = memory.commit_workload(task.dispatched[0])
             memory.commit_tuning_record(ms.database.TuningRecord(
                 record.trace, workload, record.run_secs, record.target, record.args_info))
         progress(f"whole model with every chosen task's record {j + 1} ...")

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tvmc_attend.compiler.stages import first_line
+from tvmc_attend.errors import UserError
 from tvmc_attend.files import write_json_atomic, write_text_atomic
 from tvmc_attend.timestamps import utc_timestamp
 
@@ -74,9 +76,13 @@ class Build:
 class SweepReport:
     date: str
     machine: dict[str, Any]
-    targets: list[str]
     params: dict[str, float] = field(default_factory=dict)  # model -> parameters
     builds: list[Build] = field(default_factory=list)
+
+    @property
+    def targets(self) -> list[str]:
+        """The targets built for, in first-built order (a resumed run may add some)."""
+        return list(dict.fromkeys(b.target for b in self.builds))
 
     def as_json(self) -> dict[str, Any]:
         return {"date": self.date, "machine": self.machine, "targets": self.targets,
@@ -84,12 +90,17 @@ class SweepReport:
 
     @classmethod
     def load(cls, path: str) -> SweepReport | None:
+        """The report at ``path`` to resume; None when there is none yet."""
         if not os.path.isfile(path):
             return None
-        with open(path) as f:
-            data = json.load(f)
-        return cls(date=data["date"], machine=data["machine"], targets=data["targets"],
-                   params=data["params"], builds=[Build(**b) for b in data["builds"]])
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            return cls(date=data["date"], machine=data["machine"], params=data["params"],
+                       builds=[Build(**b) for b in data["builds"]])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path} is not a sweep report to resume ({type(err).__name__}); "
+                            "pass another --json file") from None
 
 
 @contextlib.contextmanager
@@ -127,28 +138,30 @@ _ERROR = re.compile(r"^error: (?:(?P<stage>[^:]+?) failed(?: at [^:]+)?: )?(?P<m
 _VERIFIED = re.compile(r"max relative error ([0-9.e+-]+)")
 
 
-def compile_file(model_file: str, target: str, out_dir: str, cli: Sequence[str]) -> Build:
-    """``tvmc-attend compile`` of ``model_file`` for ``target`` (untuned, verified)."""
+def compile_file(model: str, path: str, model_file: str, target: str, out_dir: str,
+                 cli: Sequence[str]) -> Build:
+    """``tvmc-attend compile`` of ``model_file`` (``model`` exported by ``path``) for
+    ``target``, untuned and verified, in its own process."""
     start = time.perf_counter()
     try:
         done = subprocess.run([*cli, "compile", "--model", model_file, "--target", target,
                                "-o", out_dir, "--untuned"], capture_output=True, text=True,
                               timeout=COMPILE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
-        return Build("", "", target, False, "compile", f"no result in {COMPILE_TIMEOUT_S} s",
-                     time.perf_counter() - start)
+        return Build(model, path, target, False, "compile",
+                     f"no result in {COMPILE_TIMEOUT_S} s", time.perf_counter() - start)
     seconds = time.perf_counter() - start
     if done.returncode == 0:
         found = _VERIFIED.search(done.stdout)
-        return Build("", "", target, True, seconds=seconds,
+        return Build(model, path, target, True, seconds=seconds,
                      max_rel_err=float(found.group(1)) if found else None)
     lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     if not lines:  # not one of our errors: a crash, or a traceback we failed to catch
         tail = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["?"]
-        return Build("", "", target, False, "crash",
+        return Build(model, path, target, False, "crash",
                      f"exit {done.returncode}: {tail[0][:200]}", seconds)
     match = _ERROR.match(lines[-1])
-    return Build("", "", target, False, match.group("stage") or "check",
+    return Build(model, path, target, False, match.group("stage") or "check",
                  match.group("message")[:300], seconds)
 
 
@@ -158,8 +171,8 @@ def run_sweep(models: Sequence[str], targets: Sequence[str], json_path: str,
     """Sweep ``models`` x ``paths`` x ``targets``, resuming from ``json_path``."""
     from tvmc_attend.models import create_model, get_model_spec, model_stats
 
-    report = SweepReport.load(json_path) or SweepReport(
-        date=utc_timestamp(), machine=machine_info(), targets=list(targets))
+    report = SweepReport.load(json_path) or SweepReport(date=utc_timestamp(),
+                                                        machine=machine_info())
     done = {b.key for b in report.builds}
     cli = [sys.executable, "-m", "tvmc_attend.cli.main"]
     for name in models:
@@ -172,38 +185,30 @@ def run_sweep(models: Sequence[str], targets: Sequence[str], json_path: str,
             report.params[name] = float(model_stats(module, shape).params)
         except Exception as err:  # noqa: BLE001  (recorded: the sweep goes on)
             for p, t in todo:
-                report.builds.append(Build(name, p, t, False, "model", _first(err)))
+                report.builds.append(Build(name, p, t, False, "model", first_line(err)))
             _save(report, json_path, markdown_path)
             continue
         for path in dict.fromkeys(p for p, _ in todo):
             with tempfile.TemporaryDirectory(prefix="tvmc-attend-sweep-") as tmp:
                 try:
-                    model_file = export_model(module, shape, path, tmp)
+                    model_file, failure = export_model(module, shape, path, tmp), None
                 except Exception as err:  # noqa: BLE001
-                    model_file, failure = None, _first(err)
-                for p, target in todo:
-                    if p != path:
-                        continue
-                    if model_file is None:
+                    model_file, failure = None, first_line(err)
+                for target in (t for p, t in todo if p == path):
+                    if failure is not None:
                         build = Build(name, path, target, False, f"export ({path})", failure)
                     elif target != "host" and report.params[name] > BOARD_MAX_PARAMS:
                         build = Build(name, path, target, False, "skipped",
                                       f"{report.params[name] / 1e6:.0f} M parameters > "
                                       f"{BOARD_MAX_PARAMS / 1e6:.0f} M: host only")
                     else:
-                        build = compile_file(model_file, target,
+                        build = compile_file(name, path, model_file, target,
                                              os.path.join(tmp, f"bundle-{target}"), cli)
-                        build.model, build.path = name, path
                     report.builds.append(build)
                     progress(_line(build))
                     _save(report, json_path, markdown_path)
     _save(report, json_path, markdown_path)
     return report
-
-
-def _first(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
 
 
 def _line(build: Build) -> str:

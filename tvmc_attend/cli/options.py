@@ -50,15 +50,6 @@ LAYOUT = typer.Option(
 KEEP = typer.Option(None, "--keep", help="Keep the bundles in this directory.")
 
 
-def model_source(model: str, input_size: int | None, input_shape: str | None,
-                 checkpoint: str | None, seed: int) -> ModelSource:
-    """The model the --model, --input-size, --input-shape, --checkpoint and --seed options
-    name, checked before TVM is imported (``api.model_source``)."""
-    from tvmc_attend.api import model_source as checked_source
-
-    return checked_source(model, input_size, input_shape, checkpoint, seed)
-
-
 def rounds(default: int = 10, each: str = "variant") -> Any:
     return typer.Option(default, "--rounds", min=1,
                         help=f"Interleaved timing rounds (every {each} once per round).")
@@ -94,7 +85,10 @@ class ModelFlags:
 
     def source(self, model: str) -> ModelSource:
         """The model ``model`` names with these flags, checked before TVM is imported."""
-        return model_source(model, self.input_size, self.input_shape, self.checkpoint, self.seed)
+        from tvmc_attend.api import model_source
+
+        return model_source(model, self.input_size, self.input_shape, self.checkpoint,
+                            self.seed)
 
 
 NO_DEVICE_FLAGS = DeviceRequest()  # what a decorated command's ``device`` defaults to
