@@ -193,10 +193,12 @@ def test_the_loader_runs_the_threads_asked_for(host_bundle, asked) -> None:
     """TVM sizes its pool once, from TVM_NUM_THREADS, else half an x86 machine's logical CPUs
     (one thread on two): the loader must size it before first use. Counted from what ran:
     threads that each did a real share of the work (a share, not a time, so that a loaded
-    machine slows every thread alike and the count holds). Waiting threads do not spin here
-    (TVM_THREAD_POOL_SPIN_COUNT=0; it does not change the pool's size): under load a thread
-    that waits for a descheduled one spun long enough to push that one's share below the bar,
-    so the count measured spinning, not who computed."""
+    machine slows every thread alike and the count holds). The untuned model's serial kernels
+    run on the calling thread, so a worker's share is small (14 % of the CPU time on an idle
+    2-core Zen 4) but an idle pool thread's is zero: the bar is 5 %. Waiting threads do not
+    spin here (TVM_THREAD_POOL_SPIN_COUNT=0; it does not change the pool's size): under load
+    a thread that waits for a descheduled one spun long enough to push that one's share below
+    the bar, so the count measured spinning, not who computed."""
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
     env["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
     result = subprocess.run([sys.executable, "-c", THREAD_PROBE, str(host_bundle), str(asked)],
@@ -206,7 +208,7 @@ def test_the_loader_runs_the_threads_asked_for(host_bundle, asked) -> None:
     expected = asked or len(os.sched_getaffinity(0))
     assert probe["threads"] == expected, probe
     total = sum(probe["cpu_ns"])
-    working = [ns for ns in probe["cpu_ns"] if ns >= 0.15 * total]
+    working = [ns for ns in probe["cpu_ns"] if ns >= 0.05 * total]
     assert len(working) == expected, probe
 
 
