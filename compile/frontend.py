@@ -106,11 +106,14 @@ def _relax_io(mod: Any) -> tuple[str, tuple[int, ...], str, tuple[int, ...], str
 def _from_exported_program(exported: Any) -> Any:
     from tvm.relax.frontend.torch import from_exported_program
 
+    from .torch_converters import TORCH_CONVERTERS
+
     # the frontend raises bare asserts/ValueErrors on unsupported ops
     with stage("import (TVM's torch frontend)"):
         # unwrap_unit_return_tuple: a tuple result has no .numpy() over RPC.
         return from_exported_program(exported, keep_params_as_input=False,
-                                     unwrap_unit_return_tuple=True)
+                                     unwrap_unit_return_tuple=True,
+                                     custom_convert_map=TORCH_CONVERTERS)
 
 
 def _import_zoo(source: ModelSource) -> ImportedModel:

@@ -208,3 +208,30 @@ def test_sweep_refuses_to_resume_from_another_json(tmp_path) -> None:
     result = cli_here("sweep", "--models", "dcac", "--json", other)
     assert_cli_error(result, "is not a sweep report to resume", "another --json")
     assert other.read_text() == '{"model": "attendnext"}'  # left as it was
+
+
+class _DividesByNumbers(nn.Module):
+    """Division by a Python number in each rounding mode, on float32 and on an int64 arange."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = torch.arange(x.shape[-1])
+        return (x // 2 + torch.div(x, 3, rounding_mode="trunc") + x / 4
+                + (index // 2).to(x.dtype) + torch.div(x * 5, 1.5, rounding_mode="floor"))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 1, 1, 1), (1, 4, 8, 16)])
+def test_torch_export_divisions_by_numbers_keep_their_dtype(shape) -> None:
+    """TVM 0.27 imports ``tensor // number`` with an int32 constant whatever the tensor's
+    dtype (EdgeNeXt failed to import through torch.export): compile/torch_converters.py."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from tvmc_attend.compiler.frontend import _from_exported_program
+
+    net = _DividesByNumbers().eval()
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal(shape).astype("float32") * 9)
+    mod = _from_exported_program(torch.export.export(net, (x,)))
+    vm = relax.VirtualMachine(relax.build(mod, target="llvm"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_allclose(got, net(x).numpy(), rtol=1e-6, atol=1e-5)
