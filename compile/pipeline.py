@@ -135,6 +135,12 @@ def _vm_runner(executable: Any) -> Callable[[Any], Any]:
     return lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
+def _own_distance(result: Verification) -> str:
+    if result.float64_err is None:
+        return ""
+    return f"; {result.float64_err:.2e} from the float64 answer"
+
+
 def _mismatch(prepared: PreparedModel, board: Board, tuning: TuningInfo,
               result: Verification) -> str:
     tries = []
@@ -145,5 +151,6 @@ def _mismatch(prepared: PreparedModel, board: Board, tuning: TuningInfo,
     tries.append("--tolerance to accept it, --no-verify to skip the check")
     return (f"the compiled {prepared.imported.name} for {board.name} differs from "
             f"{result.reference} on a seeded input (max relative error "
-            f"{result.max_rel_err:.2e} > {result.bound:.2g}, run on {result.where}); no "
+            f"{result.max_rel_err:.2e} > {result.bound:.2g}{_own_distance(result)}, run on "
+            f"{result.where}); no "
             f"bundle was written. Try {', '.join(tries)}")

@@ -47,6 +47,10 @@ class Verification:
     tolerance: float
     seed: int = VERIFY_SEED
     float32_floor: float = 0.0  # the reference's float32 distance to its float64 output
+    # The build's own distance to the float64 output, measured when it misses the float32
+    # reference: a build at least as close to the exact answer as the bound is float32 noise
+    # on the reference's side (Inception-v3 via ONNX: 5.4e-05 from ONNX Runtime, bound 4.8e-05).
+    float64_err: float | None = None
 
     @property
     def bound(self) -> float:
@@ -54,7 +58,8 @@ class Verification:
 
     @property
     def passed(self) -> bool:
-        return bool(self.max_rel_err <= self.bound)
+        return bool(self.max_rel_err <= self.bound or
+                    (self.float64_err is not None and self.float64_err <= self.bound))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,17 +178,21 @@ def verify(run: Callable[[np.ndarray], np.ndarray], imported: ImportedModel, whe
         return None
     x = random_input(imported.input_shape, imported.input_dtype, seed=VERIFY_SEED)
     expected = reference.run(x)
-    err = rel_err(run(x), expected)
-    floor, widen = 0.0, tolerance is None
+    actual = run(x)
+    err = rel_err(actual, expected)
+    floor, own, widen = 0.0, None, tolerance is None
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if widen and err > tolerance and reference.run_float64 is not None and \
             x.dtype == np.float32:
         try:
-            floor = rel_err(expected, reference.run_float64(x))
+            exact = reference.run_float64(x)
         except Exception:  # noqa: BLE001 - a program that fails in float64 has no floor: 0
-            floor = 0.0
+            exact = None
+        if exact is not None:
+            floor = rel_err(expected, exact)
+            own = rel_err(actual, exact)
     return Verification(max_rel_err=err, reference=reference.name, where=where,
-                        tolerance=tolerance, float32_floor=floor)
+                        tolerance=tolerance, float32_floor=floor, float64_err=own)
 
 
 @dataclass

@@ -104,8 +104,46 @@ def test_the_default_bound_widens_to_the_float32_floor_only() -> None:
     off = 1 + 5e-5  # a wrong answer: farther off than any float32 floor
     wrong = verify(lambda x: exact(x) * off, imported, "host")
     assert not wrong.passed and wrong.float32_floor > 0 and wrong.bound == 1e-5
+    assert wrong.float64_err > wrong.bound  # the build's own distance: as far off
     strict = verify(exact, imported, "host", tolerance=floor / 2)
     assert not strict.passed and strict.float32_floor == 0
+
+
+class _Cancelling(nn.Module):
+    """x / 1000 computed as (x / 1000 + 1e4) - 1e4: float32 keeps ~3 digits of it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * 1e-3 + 1e4) - 1e4
+
+
+def test_a_build_nearer_the_float64_answer_than_the_bound_passes() -> None:
+    """A build may miss the float32 reference by more than the bound yet sit nearer the exact
+    answer than the reference does (its float32 noise went the other way): the check then
+    measures the build's own distance to the float64 output and passes on that, and a wrong
+    answer, far from both, still fails."""
+    from tvmc_attend.compiler.frontend import ImportedModel
+    from tvmc_attend.compiler.verify import verify
+
+    net = _Cancelling().eval()
+    imported = ImportedModel(name="cancel", source="zoo", mod=None, input_name="x",
+                             input_shape=(2, 33), input_dtype="float32", output_shape=(2, 33),
+                             output_dtype="float32", torch_module=net)
+
+    def exact(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float64) * 1e-3
+
+    def float32(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(x)).numpy()
+
+    def mirrored(x: np.ndarray) -> np.ndarray:  # 1.5 x the reference's error, other side
+        return (exact(x) - 1.5 * (float32(x) - exact(x))).astype(np.float32)
+
+    near = verify(mirrored, imported, "host")
+    assert near.max_rel_err > near.bound > near.float64_err > near.float32_floor > 1e-5
+    assert near.passed
+    wrong = verify(lambda x: exact(x).astype(np.float32) * 1.5, imported, "host")
+    assert wrong.float64_err > wrong.bound and not wrong.passed
 
 
 def test_onnx_float64_reference_is_exact_and_widens_the_bound(tmp_path) -> None:

@@ -68,7 +68,9 @@ def compile_command(
     if meta.verified is not None:
         typer.echo(f"  verified against {meta.verified.reference} on {meta.verified.where}: max "
                    f"relative error {meta.verified.max_rel_err:.1e} (tolerance "
-                   f"{meta.verified.bound:.2g})")
+                   f"{meta.verified.bound:.2g})" + (
+                       "" if meta.verified.max_rel_err <= meta.verified.bound else
+                       f", {meta.verified.float64_err:.1e} from the float64 answer"))
     else:
         typer.echo("  not verified (--no-verify)" if not verify else
                    "  not verified: the model has no framework reference")
