@@ -22,6 +22,7 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 from tvmc_attend.timestamps import utc_timestamp
 
+from .runtime_libs import RUNTIME_DIR, RuntimeLibs
 from .verify import Verification
 
 if TYPE_CHECKING:  # the frontend imports TVM; `compile -o` is checked before that
@@ -85,6 +86,9 @@ class BundleMetadata:
     # the layout convolutions compute in and what the conversion took (compile.prepare's
     # LayoutReport); None in bundles written before it was recorded
     layout: dict[str, Any] | None = None
+    # the TVM runtime the bundle carries ({"arch", "versions", "files": [{"file", "sha256"}]});
+    # None: it runs on the TVM installed where it runs (--runtime system, older bundles)
+    runtime: dict[str, Any] | None = None
     created: str = field(default_factory=utc_timestamp)
     compiled_on: str = field(default_factory=platform.node)
 
@@ -110,6 +114,7 @@ class BundleMetadata:
             "layout": self.layout,
             "verified": self.verified.as_dict() if self.verified is not None else None,
             "library": {"file": self.library_file, "sha256": self.library_sha256},
+            "runtime": self.runtime,
             "created": self.created,
             "compiled_on": self.compiled_on,
         }
@@ -134,7 +139,7 @@ class BundleMetadata:
             fused_dcac=data.get("fused_dcac", 0), layout=data.get("layout"),
             verified=Verification(**verified) if verified is not None else None,
             library_file=data["library"]["file"], library_sha256=data["library"]["sha256"],
-            created=data["created"], compiled_on=data["compiled_on"])
+            runtime=data.get("runtime"), created=data["created"], compiled_on=data["compiled_on"])
 
     def write(self, bundle_dir: str) -> None:
         with open(os.path.join(bundle_dir, attend_runtime.METADATA_FILE), "w") as f:
@@ -191,11 +196,26 @@ def check_output_dir(out_dir: str) -> None:
 BundleCheck = Callable[[str], Verification | None]
 
 
+def _copy_runtime(runtime: RuntimeLibs, staging: str) -> dict[str, Any]:
+    """Copy the runtime libraries into the staged bundle; what the metadata records."""
+    os.makedirs(os.path.join(staging, RUNTIME_DIR))
+    files = []
+    for name, source in runtime.paths.items():
+        relative = f"{RUNTIME_DIR}/{name}"
+        shutil.copyfile(source, os.path.join(staging, relative))
+        os.chmod(os.path.join(staging, relative), 0o755)
+        files.append({"file": relative,
+                      "sha256": attend_runtime.sha256_of(os.path.join(staging, relative))})
+    return {"arch": runtime.arch, "versions": runtime.versions, "files": files}
+
+
 def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable: Any,
                  tuning: TuningInfo | None = None, fused_dcac: int = 0,
                  layout: dict[str, Any] | None = None,
-                 check: BundleCheck | None = None) -> Bundle:
-    """Export ``executable`` into the bundle directory ``out_dir``.
+                 check: BundleCheck | None = None,
+                 runtime: RuntimeLibs | None = None) -> Bundle:
+    """Export ``executable`` into the bundle directory ``out_dir``, with ``runtime`` (the TVM
+    runtime libraries it carries; None: it runs on the TVM installed where it runs).
 
     ``check`` gets the finished bundle in its staging directory before it is moved into
     place: what it returns is recorded as ``verified``, and an exception leaves nothing."""
@@ -216,6 +236,8 @@ def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable
         sha256 = attend_runtime.sha256_of(lib_path)
         shutil.copyfile(LOADER_SOURCE, os.path.join(staging, "attend_runtime.py"))
         meta = _metadata(imported, board, library, sha256, tuning, fused_dcac, layout)
+        if runtime is not None:
+            meta = dataclasses.replace(meta, runtime=_copy_runtime(runtime, staging))
         meta.write(staging)
         if check is not None:
             meta = dataclasses.replace(meta, verified=check(staging))

@@ -15,6 +15,7 @@ from .bundle import Bundle, TuningInfo, write_bundle
 from .frontend import ModelSource
 from .lowering import DEFAULT_LAYOUT
 from .prepare import PreparedModel, prepare_model
+from .runtime_libs import RuntimeLibs
 from .tuning.database import TuningDatabase
 from .verify import Verification, VerifyOptions, verify
 
@@ -65,8 +66,10 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
                    log_dir: str | None = None, database_dir: str | None = None,
                    fuse_dcac: bool = True, layout: str = DEFAULT_LAYOUT,
                    verify: VerifyOptions | None = None,
-                   warn: Callable[[str], None] = print) -> Bundle:
-    """Compile ``source`` for ``board`` into the bundle ``out_dir``.
+                   warn: Callable[[str], None] = print,
+                   runtime: RuntimeLibs | None = None) -> Bundle:
+    """Compile ``source`` for ``board`` into the bundle ``out_dir`` (carrying ``runtime``,
+    the TVM runtime libraries for the board; None: it uses the TVM installed where it runs).
 
     The (target, model) tuning database is applied unless ``untuned`` (``warn`` gets why a
     database was skipped or is suspect); DC-AC blocks are fused unless ``fuse_dcac`` is False;
@@ -77,13 +80,15 @@ def compile_bundle(source: ModelSource, board: Board, out_dir: str, untuned: boo
     board = build_board(board, source.name, log_dir, database_dir, layout, untuned, warn)
     prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=layout, board=board)
     return compile_prepared(prepared, board, out_dir, untuned=untuned, log_dir=log_dir,
-                            database_dir=database_dir, verify=verify, warn=warn)
+                            database_dir=database_dir, verify=verify, warn=warn,
+                            runtime=runtime)
 
 
 def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
                      untuned: bool = False, log_dir: str | None = None,
                      database_dir: str | None = None, verify: VerifyOptions | None = None,
-                     warn: Callable[[str], None] = print) -> Bundle:
+                     warn: Callable[[str], None] = print,
+                     runtime: RuntimeLibs | None = None) -> Bundle:
     """Build an already prepared model into a bundle (importing and folding a model takes up
     to a minute: callers that build one model several ways prepare it once)."""
     database, tuning = None, TuningInfo()
@@ -98,7 +103,7 @@ def compile_prepared(prepared: PreparedModel, board: Board, out_dir: str,
                                                       verify)
     return write_bundle(out_dir, prepared.imported, board, executable, tuning=tuning,
                         fused_dcac=prepared.fused_dcac, layout=prepared.layout.as_dict(),
-                        check=check)
+                        check=check, runtime=runtime)
 
 
 def _bundle_check(prepared: PreparedModel, board: Board, scheduled: Any, tuning: TuningInfo,

@@ -48,3 +48,7 @@ fi
 # The counting plugin (C, ~1 s), cached under $CACHE by its source's hash.
 .venv/bin/python -c "from tvmc_attend.device.counting.plugin import plugin_path; plugin_path()" \
   || { echo "setup: building the counting plugin failed" >&2; exit 1; }
+# The aarch64 TVM runtime board bundles carry (~5 MB out of the pinned wheels, fetched once and
+# cached under $CACHE/runtime; a compile would fetch it too, but not offline).
+.venv/bin/python -c "from tvmc_attend.compiler.runtime_libs import runtime_libs; runtime_libs('aarch64')" \
+  || { echo "setup: fetching the aarch64 TVM runtime failed" >&2; exit 1; }

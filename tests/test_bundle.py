@@ -1,6 +1,10 @@
 """Bundles end to end: `tvmc-attend compile` writes a self-contained bundle, its own loader
 opens it and matches PyTorch, `tvmc-attend run` prints top-5 and latency for .npy, image and
 random inputs, and an rpi4 bundle holds a real aarch64 library.
+
+A bundle carries its TVM runtime: its loader runs it in a Python that has numpy and nothing
+else, on the host and on the emulated Cortex-A72 (no TVM importable, the compiler library
+never mapped), bit for bit as the installed TVM runs it.
 """
 
 from __future__ import annotations
@@ -78,7 +82,14 @@ def rpi4_bundle(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_bundle_is_self_contained(host_bundle, loader) -> None:
     files = sorted(p.name for p in host_bundle.iterdir())
-    assert files == sorted(["attend_runtime.py", "metadata.json", "attendnext-host.so"]), files
+    assert files == sorted(["attend_runtime.py", "metadata.json", "attendnext-host.so",
+                            "runtime"]), files
+    runtime = json.loads((host_bundle / "metadata.json").read_text())["runtime"]
+    assert runtime["arch"] == os.uname().machine
+    assert [f["file"] for f in runtime["files"]] == ["runtime/libtvm_ffi.so",
+                                                    "runtime/libtvm_runtime.so"]
+    for entry in runtime["files"]:
+        assert loader.sha256_of(str(host_bundle / entry["file"])) == entry["sha256"]
     source = (host_bundle / "attend_runtime.py").read_text()
     assert not re.search(r"^\s*(from|import)\s+tvmc_attend", source, re.MULTILINE), \
         "the bundled loader must not need the tvmc_attend package"
@@ -261,6 +272,102 @@ def test_run_image_input(host_bundle, loaded, tmp_path) -> None:
 # ---------------------------------------------------------------------------- rpi4 bundle
 
 
+# Runs a bundle's loader in a Python that can import numpy and nothing else (-S: no
+# site-packages; NUMPY_ONLY holds links to numpy alone), saves the output and reports what the
+# process had loaded: argv = bundle, runtime ("" = the loader's choice), input .npy, output .npy.
+NUMPY_ONLY_PROBE = """
+import importlib.util, json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import attend_runtime
+m = attend_runtime.load(sys.argv[1], runtime=sys.argv[2] or None)
+np.save(sys.argv[4], m(np.load(sys.argv[3])))
+maps = open("/proc/self/maps").read()
+print(json.dumps({"runtime": m.runtime, "tvm_loaded": "tvm" in sys.modules,
+                  "tvm_ffi_loaded": "tvm_ffi" in sys.modules,
+                  "tvm_importable": importlib.util.find_spec("tvm") is not None,
+                  "compiler_mapped": "libtvm_compiler" in maps,
+                  "runtime_mapped": [line.split()[-1] for line in maps.splitlines()
+                                     if line.endswith("libtvm_runtime.so")][:1]}))
+"""
+
+
+def _numpy_only_dir(tmp_path: Path) -> Path:
+    """A folder that lets a -S Python import numpy (this venv's) and nothing else."""
+    folder = tmp_path / "numpy-only"
+    folder.mkdir()
+    site = Path(np.__file__).parent.parent
+    for name in ("numpy", "numpy.libs"):
+        if (site / name).exists():
+            (folder / name).symlink_to(site / name)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_bundled_runtime_needs_numpy_only_and_matches_the_installed_tvm(
+        host_bundle, loaded, tmp_path) -> None:
+    x_path, y_path = tmp_path / "x.npy", tmp_path / "y.npy"
+    x = inputs(SHAPE, n=1, seed=11)[0]
+    np.save(x_path, x)
+    env = {**os.environ, "PYTHONPATH": str(_numpy_only_dir(tmp_path))}
+    result = subprocess.run([sys.executable, "-S", "-c", NUMPY_ONLY_PROBE, str(host_bundle), "",
+                             str(x_path), str(y_path)], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+    assert result.returncode == 0, output(result)
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe["runtime"] == "bundled" and probe["runtime_mapped"] == [
+        str((host_bundle / "runtime" / "libtvm_runtime.so").resolve())], probe
+    assert not (probe["tvm_loaded"] or probe["tvm_ffi_loaded"] or probe["tvm_importable"] or
+                probe["compiler_mapped"]), probe
+    assert loaded.runtime == "system"  # this process imported TVM: the installed one
+    np.testing.assert_array_equal(np.load(y_path), loaded(x))
+
+
+@pytest.mark.slow
+def test_the_loader_is_a_command_with_one_line_errors(host_bundle, loaded, tmp_path) -> None:
+    """``python3 DIR/attend_runtime.py DIR --input x.npy --output y.npy``: prediction and
+    latency; a wrong input, a missing or altered runtime file: one line, exit code 2."""
+    x_path, y_path = tmp_path / "x.npy", tmp_path / "y.npy"
+    x = inputs(SHAPE, n=1, seed=12)[0]
+    np.save(x_path, x)
+    env = {**os.environ, "PYTHONPATH": str(_numpy_only_dir(tmp_path))}
+
+    def command(bundle: Path, *args: str | Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-S", str(bundle / "attend_runtime.py"),
+                               str(bundle), *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=300, check=False)
+
+    ran = command(host_bundle, "--input", x_path, "--output", y_path, "--repeat", 3)
+    assert ran.returncode == 0, output(ran)
+    assert "bundled TVM runtime" in ran.stdout and "1. class" in ran.stdout, ran.stdout
+    assert re.search(r"latency: median [0-9.]+ ms .*n=3\), \d+ TVM threads", ran.stdout)
+    np.testing.assert_array_equal(np.load(y_path), loaded(x))
+
+    np.save(tmp_path / "small.npy", x[:, :, :32, :32])
+    (tmp_path / "text.npy").write_text("not an array")
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    for item in host_bundle.rglob("*"):  # hard links: the copy costs nothing
+        target = altered / item.relative_to(host_bundle)
+        target.mkdir() if item.is_dir() else os.link(item, target)
+    library = altered / "runtime" / "libtvm_runtime.so"
+    library.unlink()
+    cases = [
+        (host_bundle, ["--input", tmp_path / "small.npy"], "input shape (1, 3, 32, 32) does "
+                                                           "not match"),
+        (host_bundle, ["--input", tmp_path / "text.npy"], "is not a .npy array"),
+        (host_bundle, ["--input", tmp_path / "none.npy"], "cannot read input"),
+        (altered, [], "lacks its TVM runtime library runtime/libtvm_runtime.so"),
+    ]
+    for bundle, args, message in cases:
+        failed = command(bundle, *args)
+        assert failed.returncode == 2 and message in failed.stderr, output(failed)
+        assert len(failed.stderr.strip().splitlines()) == 1, output(failed)
+    library.write_bytes((host_bundle / "runtime" / "libtvm_runtime.so").read_bytes() + b"\0")
+    failed = command(altered)
+    assert failed.returncode == 2 and "the TVM runtime library was modified" in failed.stderr
+
+
 def test_rpi4_bundle_is_an_aarch64_library(rpi4_bundle) -> None:
     meta = json.loads((rpi4_bundle / "metadata.json").read_text())
     assert meta["target"]["name"] == "rpi4" and meta["target"]["remote"] is True
@@ -281,3 +388,74 @@ def test_rpi4_bundle_run_without_device_is_a_clear_error(rpi4_bundle) -> None:
     result = cli_here("run", rpi4_bundle)
     assert_cli_error(result, "compiled for rpi4", "aarch64-linux-gnu",
                      f"cannot run on this {os.uname().machine} machine", "--rpc-tracker")
+
+
+@pytest.mark.emulated
+def test_an_rpi4_bundle_runs_on_a_board_with_numpy_only(rpi4_bundle, host_bundle,
+                                                         tmp_path) -> None:
+    """On the emulated Cortex-A72: the bundle's loader in a Python with numpy only (the
+    rootfs has apache-tvm installed; -S hides it) matches PyTorch, and the board's installed
+    TVM bit for bit; a host bundle there is a one-line error."""
+    from helpers import torch_reference
+
+    from tvmc_attend.device import rootfs
+
+    root = rootfs.ensure_rootfs()
+    meta = json.loads((rpi4_bundle / "metadata.json").read_text())
+    assert meta["runtime"]["arch"] == "aarch64"
+    assert sum((rpi4_bundle / f["file"]).stat().st_size for f in meta["runtime"]["files"]) \
+        <= 8e6  # the runtime part: libtvm_runtime.so + libtvm_ffi.so for aarch64
+    x = inputs(tuple(meta["input"]["shape"]), n=1, seed=13)[0]
+    np.save(tmp_path / "x.npy", x)
+    site = f"/{rootfs.SITE_PACKAGES}"
+    numpy_only = (f"mkdir /tmp/numpy-only && ln -s {site}/numpy {site}/numpy.libs "
+                  "/tmp/numpy-only/ && export PYTHONPATH=/tmp/numpy-only; ")
+    probe = NUMPY_ONLY_PROBE.replace("'", "'\\''")
+    script = (numpy_only +
+              f"python3 -S -c '{probe}' /b '' /io/x.npy /io/bare.npy && "
+              f"python3 -c '{probe}' /b system /io/x.npy /io/system.npy && "
+              "python3 -S /b/attend_runtime.py /b --input /io/x.npy --output /io/cli.npy "
+              "--repeat 2; python3 -S /h/attend_runtime.py /h --repeat 1 || echo host-refused")
+    argv = rootfs.in_rootfs_argv(root, ["/bin/sh", "-c", script],
+                                 binds={str(rpi4_bundle): "/b", str(host_bundle): "/h",
+                                        str(tmp_path): "/io"})
+    result = subprocess.run(argv, env=rootfs.rootfs_env("cortex-a72"), capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, output(result)
+    bare, system = (json.loads(line) for line in result.stdout.splitlines()
+                    if line.startswith("{"))
+    assert bare["runtime"] == "bundled" and bare["runtime_mapped"] == [
+        "/b/runtime/libtvm_runtime.so"], bare
+    assert not (bare["tvm_loaded"] or bare["tvm_ffi_loaded"] or bare["tvm_importable"] or
+                bare["compiler_mapped"]), bare
+    assert system["runtime"] == "system" and system["tvm_importable"], system
+    y = np.load(tmp_path / "bare.npy")
+    np.testing.assert_array_equal(y, np.load(tmp_path / "system.npy"))
+    np.testing.assert_array_equal(y, np.load(tmp_path / "cli.npy"))
+    reference = torch_reference(create_model("dcac", input_size=DCAC_SIZE, seed=0), x)
+    assert rel_err(y, reference) <= RTOL
+    assert "bundled TVM runtime" in result.stdout and "host-refused" in result.stdout
+    here = re.escape(os.uname().machine)
+    assert re.search(rf"^error: bundle '/h' is compiled for host \({here}\) and cannot run on "
+                     r"this aarch64 machine", result.stderr, re.MULTILINE), result.stderr
+
+
+@pytest.mark.slow
+def test_runtime_footprint_splits_the_bundle_and_times_both_runtimes(host_bundle) -> None:
+    """`benchmark --op runtime-footprint`'s measurement, one run: sizes by part, and a fresh
+    process per runtime that reports what it loaded."""
+    from tvmc_attend.bench.runtime_footprint import footprint
+    from tvmc_attend.compiler.bundle import Bundle
+
+    report = footprint(Bundle.open(str(host_bundle)), runs=1, alternatives=False,
+                       progress=lambda _m: None)
+    assert set(report.sizes) == {"model library", "runtime/libtvm_ffi.so",
+                                 "runtime/libtvm_runtime.so", "loader (attend_runtime.py)",
+                                 "metadata.json"}
+    assert report.sizes["model library"] == (host_bundle / "attendnext-host.so").stat().st_size
+    bundled, system = report.start_up["bundled"], report.start_up["system"]
+    assert not bundled["tvm_imported"] and not bundled["compiler_mapped"], bundled
+    assert system["tvm_imported"] and system["compiler_mapped"], system
+    for row in (bundled, system):
+        assert 0 < row["first_inference_s"] < row["total_s"]
+        assert 0 < row["rss_mb"] <= row["peak_rss_mb"]

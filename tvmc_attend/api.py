@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from tvmc_attend.bench.benchmark import BenchmarkReport
     from tvmc_attend.compiler.bundle import Bundle
     from tvmc_attend.compiler.frontend import ModelSource
+    from tvmc_attend.compiler.runtime_libs import RuntimeLibs
     from tvmc_attend.compiler.tuning.progress import ProgressHook, TuneResult
+    from tvmc_attend.targets import Board
 
 HERE = DeviceRequest()  # this host
 
@@ -64,14 +66,16 @@ def compile(model: str, target: str = "host", output: str | None = None, *,  # n
             input_size: int | None = None, input_shape: str | tuple[int, ...] | None = None,
             checkpoint: str | None = None, seed: int = 0, fuse_dcac: bool = True,
             layout: str = DEFAULT_LAYOUT, verify: bool = True, tolerance: float | None = None,
-            device: DeviceRequest = HERE,
+            device: DeviceRequest = HERE, runtime: str = "bundled",
             warn: Callable[[str], None] = _warn) -> Bundle:
     """Compile ``model`` for ``target`` into the bundle directory ``output`` (`compile`).
 
     The build applies the tuning database of the target and model (``log_dir``, else
     ``./tuning_logs``, else the shipped one; ``database`` names one) unless ``untuned``. With
     ``verify``, the bundle is run on a seeded input and compared with the model's framework
-    before it is written: on this host, on ``device``, or on a board build's host twin."""
+    before it is written: on this host, on ``device``, or on a board build's host twin.
+    ``runtime``: "bundled" puts the target's TVM runtime in the bundle (the board needs numpy
+    only); "system" leaves it out (the board runs it on its installed TVM)."""
     from tvmc_attend.compiler.bundle import check_output_dir
     from tvmc_attend.targets import get_board
 
@@ -84,6 +88,7 @@ def compile(model: str, target: str = "host", output: str | None = None, *,  # n
         raise UserError("--rpc-*/--emulate only say where --verify runs; drop them with "
                         "--no-verify")
     source = model_source(model, input_size, input_shape, checkpoint, seed)
+    libs = _runtime_libs(runtime, board)
     if database and not untuned:
         from tvmc_attend.compiler.lowering import lowering_of
         from tvmc_attend.compiler.tuning.database import TuningDatabase
@@ -102,7 +107,18 @@ def compile(model: str, target: str = "host", output: str | None = None, *,  # n
             check.device = chosen.description + (" (emulated)" if chosen.emulated else "")
     return compile_bundle(source, board, output, untuned=untuned, log_dir=log_dir,
                           database_dir=database, fuse_dcac=fuse_dcac, layout=layout,
-                          verify=check, warn=warn)
+                          verify=check, warn=warn, runtime=libs)
+
+
+def _runtime_libs(runtime: str, board: Board) -> RuntimeLibs | None:
+    """The runtime libraries a bundle for ``board`` carries (None for "system"), found or
+    fetched before the compile starts."""
+    from tvmc_attend.attend_runtime import RUNTIMES
+    from tvmc_attend.compiler.runtime_libs import arch_of, runtime_libs
+
+    if runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
+    return runtime_libs(arch_of(board.triple)) if runtime == "bundled" else None
 
 
 def tune(model: str, target: str = "host", *, trials: int = 200,
@@ -165,12 +181,14 @@ class RunResult:
     emulated: bool
 
 
-def load(bundle: str, threads: int | None = None, remote: Any = None) -> Model:
-    """The bundle's model, opened with its own loader (what runs on the board)."""
+def load(bundle: str, threads: int | None = None, remote: Any = None,
+         runtime: str | None = None) -> Model:
+    """The bundle's model, opened with its own loader (what runs on the board); ``runtime``
+    as ``attend_runtime.load`` takes it (default: the bundle's own unless TVM is loaded)."""
     from tvmc_attend import attend_runtime
 
     try:
-        return attend_runtime.load(bundle, remote=remote, threads=threads)
+        return attend_runtime.load(bundle, remote=remote, threads=threads, runtime=runtime)
     except attend_runtime.BundleError as err:
         raise UserError(str(err)) from None
 

@@ -31,6 +31,10 @@ def compile_command(
         help=f"Largest max|TVM - reference| / max|reference| that --verify accepts. Default: "
              f"{DEFAULT_TOLERANCE:g}, or twice the reference's own float32 error against its "
              f"float64 output where that is larger (deep random-init nets); given, it is exact."),
+    runtime: str = typer.Option(
+        "bundled", "--runtime",
+        help="bundled: put the target's TVM runtime (~5 MB) in the bundle, so the board needs "
+             "numpy only; system: leave it out and run on the TVM installed on the board."),
     model_flags: ModelFlags = options.NO_MODEL_FLAGS,
     device: DeviceRequest = options.NO_DEVICE_FLAGS,
 ) -> None:
@@ -46,7 +50,7 @@ def compile_command(
     start = time.perf_counter()
     meta = api.compile(model, target, output, untuned=untuned, log_dir=log_dir,
                        database=database, **model_flags.as_kwargs(), verify=verify,
-                       tolerance=tolerance, device=device,
+                       tolerance=tolerance, device=device, runtime=runtime,
                        warn=lambda m: typer.echo(f"warning: {m}", err=True)).metadata
     elapsed = time.perf_counter() - start
     how = f"tuned, {meta.tuning.records} records" if meta.tuned else "untuned"
@@ -56,6 +60,13 @@ def compile_command(
     typer.echo(f"  input {meta.input.name} {list(meta.input.shape)} {meta.input.dtype}, output "
                f"{list(meta.output.shape)}, library {meta.library_file} sha256 "
                f"{meta.library_sha256[:16]}...")
+    if meta.runtime is not None:
+        versions = ", ".join(f"{d} {v}" for d, v in sorted(meta.runtime["versions"].items()))
+        typer.echo(f"  TVM runtime for {meta.runtime['arch']} inside ({versions}): the "
+                   f"device needs numpy only (python3 {output}/attend_runtime.py {output})")
+    else:
+        typer.echo("  no TVM runtime inside (--runtime system): the device needs apache-tvm "
+                   f"{meta.tvm_version}")
     extra = meta.tuning.extra
     if meta.tuned and extra.get("cpu_class"):
         typer.echo(f"  tuning database for the {extra['cpu_class']} CPU class "

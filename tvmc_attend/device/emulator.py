@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tvmc_attend.cache import cache_dir
 from tvmc_attend.device import rootfs
 from tvmc_attend.device.endpoints import (
     format_address,
@@ -62,7 +63,7 @@ class EmulatedBoard:
 
 
 def state_dir() -> Path:
-    return rootfs.cache_dir() / "emulated"
+    return cache_dir() / "emulated"
 
 
 def _state_file(name: str) -> Path:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tvmc_attend.cache import cache_dir
 from tvmc_attend.errors import UserError
 
 # The project's pins (requirements.txt): the remote must run the same TVM as the host compiler.
@@ -51,11 +53,6 @@ MANIFEST = ".tvmc-attend-rootfs.json"
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Progress = Callable[[str], None]
-
-
-def cache_dir() -> Path:
-    """Where tvmc-attend keeps large, rebuildable state (outside the repo)."""
-    return Path(os.environ.get("TVMC_ATTEND_CACHE", Path.home() / ".cache" / "tvmc-attend"))
 
 
 def rootfs_path() -> Path:
@@ -166,8 +163,9 @@ def debian_mirror() -> str:
     return DEFAULT_MIRROR
 
 
-def in_rootfs_argv(root: Path, argv: list[str]) -> list[str]:
-    """A command that runs ``argv`` chrooted in ``root`` with /proc, /sys, /dev and a private /tmp.
+def in_rootfs_argv(root: Path, argv: list[str], binds: dict[str, str] | None = None) -> list[str]:
+    """A command that runs ``argv`` chrooted in ``root`` with /proc, /sys, /dev, a private /tmp
+    and ``binds`` (host path -> absolute path inside the rootfs, e.g. a bundle under /tmp).
 
     The mounts live in a private mount namespace, so they vanish with the last process: nothing
     is left mounted on the host however the process ends.
@@ -176,8 +174,11 @@ def in_rootfs_argv(root: Path, argv: list[str]) -> list[str]:
         'set -e; r="$1"; shift; '
         'mount -t proc proc "$r/proc"; mount --rbind /sys "$r/sys"; '
         'mount --rbind /dev "$r/dev"; mount -t tmpfs tmpfs "$r/tmp"; '
-        'exec chroot "$r" "$@"'
     )
+    for source, target in (binds or {}).items():
+        inside = shlex.quote(target.lstrip("/"))
+        script += f'mkdir -p "$r"/{inside}; mount --bind {shlex.quote(source)} "$r"/{inside}; '
+    script += 'exec chroot "$r" "$@"'
     return ["unshare", "--mount", "--propagation", "private", "--",
             "sh", "-c", script, "sh", str(root), *argv]
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tvmc_attend.device.rootfs import cache_dir
+from tvmc_attend.cache import cache_dir
 from tvmc_attend.errors import UserError
 
 SOURCES = ("count_plugin.c", "qemu_plugin_api.h")
