@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -141,11 +142,64 @@ def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, rounds
     show_report(report, [table], [], width=120, json_path=json_path)
 
 
+def _runtime_footprint(board: Board, source: ModelSource, trials: int, rounds: int,
+                       log_dir: str | None, seed: int, json_path: str | None,
+                       keep: str | None) -> None:
+    """`--op runtime-footprint`: a bundle's size by part and, for this host's architecture,
+    a fresh process's import + load + first inference with the bundled runtime and with
+    the installed TVM; beside the installed size of other runtimes' aarch64 wheels."""
+    import tempfile
+
+    from tvmc_attend import api
+    from tvmc_attend.bench.runtime_footprint import footprint
+
+    with tempfile.TemporaryDirectory(prefix="tvmc-attend-footprint-") as tmp:
+        out = keep or os.path.join(tmp, "bundle")
+        typer.echo(f"compiling {source.model} for {board.name} into {out}", err=True)
+        bundle = api.compile(source.model, board.name, out, input_size=source.input_size,
+                             seed=seed, log_dir=log_dir, verify=False,
+                             warn=lambda m: typer.echo(f"warning: {m}", err=True))
+        report = footprint(bundle, runs=max(rounds, 1),
+                           progress=lambda m: typer.echo(m, err=True))
+    mb = 1e6
+    sizes = Table(title=f"{report.model} bundle for {report.board}, {report.date}")
+    for col in ("part", "MB"):
+        sizes.add_column(col, justify="left" if col == "part" else "right")
+    for part, size in report.sizes.items():
+        sizes.add_row(part, f"{size / mb:.2f}")
+    runtime_part = sum(v for k, v in report.sizes.items() if k != "model library")
+    sizes.add_row("runtime part (runtime + loader + metadata)", f"{runtime_part / mb:.2f}")
+    tables = [sizes]
+    if report.start_up:
+        timing = Table(title=f"fresh process on this host: import + load + first inference, "
+                             f"median of {report.runs}")
+        for col in ("runtime", "import s", "load s", "first inference s", "total s",
+                    "RSS MB", "peak RSS MB", "tvm imported", "compiler mapped"):
+            timing.add_column(col, justify="left" if col == "runtime" else "right")
+        for runtime, row in report.start_up.items():
+            timing.add_row(f"{runtime} TVM runtime", f"{row['import_s']:.3f}",
+                           f"{row['load_s']:.3f}", f"{row['first_inference_s']:.3f}",
+                           f"{row['total_s']:.3f}", f"{row['rss_mb']:.0f}",
+                           f"{row['peak_rss_mb']:.0f}",
+                           str(row["tvm_imported"]), str(row["compiler_mapped"]))
+        tables.append(timing)
+    if report.alternatives:
+        others = Table(title="other runtimes: installed size of their aarch64 wheel "
+                             "(no dependencies)")
+        for col in ("package", "MB"):
+            others.add_column(col, justify="left" if col == "package" else "right")
+        for package, size in report.alternatives.items():
+            others.add_row(package, f"{size / mb:.1f}" if isinstance(size, int) else size)
+        tables.append(others)
+    show_report(report, tables, [], width=130, json_path=json_path)
+
+
 # --op NAME -> its handler (board, source, trials, rounds, log_dir, seed, json, keep)
 _OPS: dict[str, Callable[..., None]] = {
     "dcac": _dcac,
     "counted-vs-timed": _counted_vs_timed,
     "cache-flush": _cache_flush,
+    "runtime-footprint": _runtime_footprint,
 }
 
 
@@ -195,9 +249,11 @@ def benchmark_command(
     op: str | None = typer.Option(
         None, "--op", help="Benchmark an operator instead: 'dcac' (stock Relax fusion vs our "
         "fused DC-AC, per AttendNeXt stage and end to end; host only), 'counted-vs-timed' "
-        "(how the counted cost of sampled conv schedules ranks against their time here) or "
+        "(how the counted cost of sampled conv schedules ranks against their time here), "
         "'cache-flush' (warm vs cache-flushed kernel timings of a tuned database's best "
-        "records, against their time inside the whole model)."),
+        "records, against their time inside the whole model) or 'runtime-footprint' (the "
+        "bundle's size by part; a fresh process's start-up with the bundled runtime and "
+        "with the installed TVM, --rounds times; other runtimes' installed sizes)."),
     trials: int = typer.Option(64, "--trials", min=1,
                                help="With --op dcac: tuning trials for each block variant; "
                                     "with --op counted-vs-timed: candidates per conv task; "
