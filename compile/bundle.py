@@ -206,7 +206,13 @@ def _copy_runtime(runtime: RuntimeLibs, staging: str) -> dict[str, Any]:
         os.chmod(os.path.join(staging, relative), 0o755)
         files.append({"file": relative,
                       "sha256": attend_runtime.sha256_of(os.path.join(staging, relative))})
-    return {"arch": runtime.arch, "versions": runtime.versions, "files": files}
+    recorded = {"arch": runtime.arch, "versions": runtime.versions, "files": files}
+    if runtime.runner is not None:  # next to the model library: `DIR/run --input x.npy`
+        shutil.copyfile(runtime.runner, os.path.join(staging, "run"))
+        os.chmod(os.path.join(staging, "run"), 0o755)
+        recorded["runner"] = {"file": "run",
+                              "sha256": attend_runtime.sha256_of(os.path.join(staging, "run"))}
+    return recorded
 
 
 def write_bundle(out_dir: str, imported: ImportedModel, board: Board, executable: Any,

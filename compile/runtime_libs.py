@@ -45,6 +45,7 @@ class RuntimeLibs:
     arch: str
     paths: dict[str, Path]  # file name (LIBRARIES) -> where it is
     versions: dict[str, str]  # distribution -> version
+    runner: Path | None = None  # `run`, the program that runs a bundle without Python
 
     @property
     def size(self) -> int:

@@ -83,7 +83,7 @@ def rpi4_bundle(tmp_path_factory) -> Path:
 def test_bundle_is_self_contained(host_bundle, loader) -> None:
     files = sorted(p.name for p in host_bundle.iterdir())
     assert files == sorted(["attend_runtime.py", "metadata.json", "attendnext-host.so",
-                            "runtime"]), files
+                            "runtime", "run"]), files
     runtime = json.loads((host_bundle / "metadata.json").read_text())["runtime"]
     assert runtime["arch"] == os.uname().machine
     assert [f["file"] for f in runtime["files"]] == ["runtime/libtvm_ffi.so",
@@ -368,6 +368,29 @@ def test_the_loader_is_a_command_with_one_line_errors(host_bundle, loaded, tmp_p
     assert failed.returncode == 2 and "the TVM runtime library was modified" in failed.stderr
 
 
+@pytest.mark.slow
+def test_the_run_program_needs_no_python_and_matches_the_loader(host_bundle, loaded,
+                                                                 tmp_path) -> None:
+    """``DIR/run``: the C program in the bundle, linked to the runtime beside it; an empty
+    environment (no PYTHONPATH, no LD_LIBRARY_PATH), the same output bit for bit."""
+    x = inputs(SHAPE, n=1, seed=14)[0]
+    np.save(tmp_path / "x.npy", x)
+    ran = subprocess.run([str(host_bundle / "run"), "--input", str(tmp_path / "x.npy"),
+                          "--output", str(tmp_path / "y.npy"), "--repeat", "3"],
+                         capture_output=True, text=True, env={}, timeout=300, check=False)
+    assert ran.returncode == 0, output(ran)
+    assert re.search(r"^latency: median [0-9.]+ ms .*n=3\), \d+ TVM threads$", ran.stdout,
+                     re.MULTILINE), ran.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), loaded(x))
+    np.save(tmp_path / "x64.npy", x.astype(np.float64))
+    for bad, message in (("x64.npy", "is not float32"), ("missing.npy", "cannot read input")):
+        failed = subprocess.run([str(host_bundle / "run"), "--input", str(tmp_path / bad)],
+                                capture_output=True, text=True, env={}, timeout=60,
+                                check=False)
+        assert failed.returncode == 2 and message in failed.stderr, output(failed)
+        assert len(failed.stderr.strip().splitlines()) == 1
+
+
 def test_rpi4_bundle_is_an_aarch64_library(rpi4_bundle) -> None:
     meta = json.loads((rpi4_bundle / "metadata.json").read_text())
     assert meta["target"]["name"] == "rpi4" and meta["target"]["remote"] is True
@@ -395,7 +418,7 @@ def test_an_rpi4_bundle_runs_on_a_board_with_numpy_only(rpi4_bundle, host_bundle
                                                          tmp_path) -> None:
     """On the emulated Cortex-A72: the bundle's loader in a Python with numpy only (the
     rootfs has apache-tvm installed; -S hides it) matches PyTorch, and the board's installed
-    TVM bit for bit; a host bundle there is a one-line error."""
+    TVM and the bundle's `run` program bit for bit; a host bundle there is a one-line error."""
     from helpers import torch_reference
 
     from tvmc_attend.device import rootfs
@@ -415,7 +438,8 @@ def test_an_rpi4_bundle_runs_on_a_board_with_numpy_only(rpi4_bundle, host_bundle
               f"python3 -S -c '{probe}' /b '' /io/x.npy /io/bare.npy && "
               f"python3 -c '{probe}' /b system /io/x.npy /io/system.npy && "
               "python3 -S /b/attend_runtime.py /b --input /io/x.npy --output /io/cli.npy "
-              "--repeat 2; python3 -S /h/attend_runtime.py /h --repeat 1 || echo host-refused")
+              "--repeat 2 && /b/run --input /io/x.npy --output /io/run.npy --repeat 2; "
+              "python3 -S /h/attend_runtime.py /h --repeat 1 || echo host-refused")
     argv = rootfs.in_rootfs_argv(root, ["/bin/sh", "-c", script],
                                  binds={str(rpi4_bundle): "/b", str(host_bundle): "/h",
                                         str(tmp_path): "/io"})
@@ -432,6 +456,7 @@ def test_an_rpi4_bundle_runs_on_a_board_with_numpy_only(rpi4_bundle, host_bundle
     y = np.load(tmp_path / "bare.npy")
     np.testing.assert_array_equal(y, np.load(tmp_path / "system.npy"))
     np.testing.assert_array_equal(y, np.load(tmp_path / "cli.npy"))
+    np.testing.assert_array_equal(y, np.load(tmp_path / "run.npy"))  # the C program
     reference = torch_reference(create_model("dcac", input_size=DCAC_SIZE, seed=0), x)
     assert rel_err(y, reference) <= RTOL
     assert "bundled TVM runtime" in result.stdout and "host-refused" in result.stdout
@@ -450,8 +475,8 @@ def test_runtime_footprint_splits_the_bundle_and_times_both_runtimes(host_bundle
     report = footprint(Bundle.open(str(host_bundle)), runs=1, alternatives=False,
                        progress=lambda _m: None)
     assert set(report.sizes) == {"model library", "runtime/libtvm_ffi.so",
-                                 "runtime/libtvm_runtime.so", "loader (attend_runtime.py)",
-                                 "metadata.json"}
+                                 "runtime/libtvm_runtime.so", "run (C program)",
+                                 "loader (attend_runtime.py)", "metadata.json"}
     assert report.sizes["model library"] == (host_bundle / "attendnext-host.so").stat().st_size
     bundled, system = report.start_up["bundled"], report.start_up["system"]
     assert not bundled["tvm_imported"] and not bundled["compiler_mapped"], bundled

@@ -111,14 +111,20 @@ def compile(model: str, target: str = "host", output: str | None = None, *,  # n
 
 
 def _runtime_libs(runtime: str, board: Board) -> RuntimeLibs | None:
-    """The runtime libraries a bundle for ``board`` carries (None for "system"), found or
-    fetched before the compile starts."""
+    """The runtime libraries and the `run` program a bundle for ``board`` carries (None for
+    "system"), found, fetched or built before the compile starts."""
+    import dataclasses
+
     from tvmc_attend.attend_runtime import RUNTIMES
+    from tvmc_attend.compiler.runner import build_runner
     from tvmc_attend.compiler.runtime_libs import arch_of, runtime_libs
 
     if runtime not in RUNTIMES:
         raise UserError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
-    return runtime_libs(arch_of(board.triple)) if runtime == "bundled" else None
+    if runtime == "system":
+        return None
+    libs = runtime_libs(arch_of(board.triple))
+    return dataclasses.replace(libs, runner=build_runner(libs, board.cross_compiler))
 
 
 def tune(model: str, target: str = "host", *, trials: int = 200,

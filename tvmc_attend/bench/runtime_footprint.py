@@ -80,6 +80,9 @@ def bundle_sizes(bundle: Bundle) -> dict[str, int]:
     sizes = {"model library": (path / meta.library_file).stat().st_size}
     for entry in (meta.runtime or {}).get("files", []):
         sizes[entry["file"]] = (path / entry["file"]).stat().st_size
+    runner = (meta.runtime or {}).get("runner")
+    if runner:
+        sizes["run (C program)"] = (path / runner["file"]).stat().st_size
     sizes["loader (attend_runtime.py)"] = (path / "attend_runtime.py").stat().st_size
     sizes["metadata.json"] = (path / "metadata.json").stat().st_size
     return sizes

@@ -168,7 +168,7 @@ def _runtime_footprint(board: Board, source: ModelSource, trials: int, rounds: i
     for part, size in report.sizes.items():
         sizes.add_row(part, f"{size / mb:.2f}")
     runtime_part = sum(v for k, v in report.sizes.items() if k != "model library")
-    sizes.add_row("runtime part (runtime + loader + metadata)", f"{runtime_part / mb:.2f}")
+    sizes.add_row("runtime part (all but the model library)", f"{runtime_part / mb:.2f}")
     tables = [sizes]
     if report.start_up:
         timing = Table(title=f"fresh process on this host: import + load + first inference, "

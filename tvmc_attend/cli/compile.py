@@ -63,7 +63,8 @@ def compile_command(
     if meta.runtime is not None:
         versions = ", ".join(f"{d} {v}" for d, v in sorted(meta.runtime["versions"].items()))
         typer.echo(f"  TVM runtime for {meta.runtime['arch']} inside ({versions}): the "
-                   f"device needs numpy only (python3 {output}/attend_runtime.py {output})")
+                   f"device needs numpy only (python3 {output}/attend_runtime.py {output}), or "
+                   f"nothing ({output}/run --input x.npy)")
     else:
         typer.echo("  no TVM runtime inside (--runtime system): the device needs apache-tvm "
                    f"{meta.tvm_version}")
