@@ -129,7 +129,7 @@ def installed_size(package: str) -> int | str:
              "--dest", tmp, package], capture_output=True, text=True, check=False)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
-            return "no aarch64 wheel for this Python"
+            return "no aarch64 wheel for this Python in the package index here"
         with zipfile.ZipFile(wheels[0]) as archive:
             return sum(info.file_size for info in archive.infolist())
 
