@@ -274,6 +274,29 @@ class _FFI:
         """The function ``name`` of a runtime module."""
         return self("ffi.ModuleGetFunction", module, name, True)
 
+    def tensor(self, x: np.ndarray) -> _Object:
+        """A runtime-owned CPU copy of ``x`` (aligned as the kernels expect)."""
+        x = np.ascontiguousarray(x)
+        shape = self("ffi.Shape", *(int(d) for d in x.shape))
+        tensor = self("runtime.TVMTensorAllocWithScope", shape, _dl_dtype(x.dtype),
+                      _DLDevice(_CPU, 0), None)
+        self("runtime.TVMTensorCopyFromBytes", tensor, ctypes.c_void_p(x.ctypes.data),
+             x.nbytes)
+        return tensor
+
+    def to_numpy(self, tensor: _Object) -> np.ndarray:
+        """A numpy copy of a CPU tensor."""
+        if tensor.type_index != _TENSOR:
+            raise BundleError("the model returned something other than one tensor; this "
+                              "loader reads single-output models")
+        view = _DLTensor.from_address(tensor.handle + _OBJECT_HEADER)
+        kinds = {code: kind for kind, code in _DTYPE_CODES.items()}
+        dtype = np.dtype(f"{kinds[view.dtype.code]}{view.dtype.bits // 8}")
+        out = np.empty(tuple(view.shape[i] for i in range(view.ndim)), dtype)
+        self("runtime.TVMTensorCopyToBytes", tensor, ctypes.c_void_p(out.ctypes.data),
+             out.nbytes)
+        return out
+
     @staticmethod
     def _pack(slot: _Any, arg: Any, keep: list[Any]) -> None:
         if arg is None:
@@ -332,23 +355,30 @@ class _FFI:
 _LOADED_RUNTIME: tuple[tuple[str, ...], _FFI] | None = None  # (files' sha256, the runtime)
 
 
-def _bundled_runtime(bundle_dir: str, runtime: dict[str, Any]) -> _FFI:
-    """The bundle's runtime, loaded (after checking each file) unless this process already
-    has the same one: two copies of TVM FFI in one process would not share objects."""
+def runtime_at(ffi_path: str, runtime_path: str) -> _FFI:
+    """The TVM runtime of these two files (``libtvm_ffi.so``, ``libtvm_runtime.so``), loaded
+    unless this process already has the same one (the same bytes, wherever they lie): two
+    copies of TVM FFI in one process would not share objects."""
     global _LOADED_RUNTIME
-    digests = tuple(entry["sha256"] for entry in runtime["files"])
-    if _LOADED_RUNTIME is not None:
-        if _LOADED_RUNTIME[0] != digests:
-            raise BundleError(f"this process already runs another bundle's TVM runtime; load "
-                              f"'{bundle_dir}' in a new process")
-        for entry in runtime["files"]:
-            verify_file(bundle_dir, entry, "TVM runtime library")
-        return _LOADED_RUNTIME[1]
+    digests = (sha256_of(ffi_path), sha256_of(runtime_path))
+    if _LOADED_RUNTIME is None:
+        _LOADED_RUNTIME = (digests, _FFI(ffi_path, runtime_path))
+    elif _LOADED_RUNTIME[0] != digests:
+        raise BundleError("this process already runs another TVM runtime; load the bundle in "
+                          "a new process")
+    return _LOADED_RUNTIME[1]
+
+
+def _bundled_runtime(bundle_dir: str, runtime: dict[str, Any]) -> _FFI:
+    """The bundle's runtime, after checking each of its files."""
     paths = {os.path.basename(entry["file"]): verify_file(bundle_dir, entry, "TVM runtime "
                                                           "library")
              for entry in runtime["files"]}
-    _LOADED_RUNTIME = (digests, _FFI(paths["libtvm_ffi.so"], paths["libtvm_runtime.so"]))
-    return _LOADED_RUNTIME[1]
+    try:
+        return runtime_at(paths["libtvm_ffi.so"], paths["libtvm_runtime.so"])
+    except BundleError:
+        raise BundleError(f"this process already runs another TVM runtime; load "
+                          f"'{bundle_dir}' in a new process") from None
 
 
 def _dl_dtype(dtype: np.dtype) -> _DLDataType:
@@ -378,32 +408,11 @@ class _BundledVM:
         self._set_input = ffi.method(self._vm, "set_input")
         self._invoke = ffi.method(self._vm, "invoke_stateful")
 
-    def _tensor(self, x: np.ndarray) -> _Object:
-        """A runtime-owned copy of ``x`` (aligned as the kernels expect)."""
-        shape = self._ffi("ffi.Shape", *(int(d) for d in x.shape))
-        tensor = self._ffi("runtime.TVMTensorAllocWithScope", shape, _dl_dtype(x.dtype),
-                           _DLDevice(_CPU, 0), None)
-        self._ffi("runtime.TVMTensorCopyFromBytes", tensor, ctypes.c_void_p(x.ctypes.data),
-                  x.nbytes)
-        return tensor
-
-    def _numpy(self, tensor: _Object) -> np.ndarray:
-        if tensor.type_index != _TENSOR:
-            raise BundleError("the model returned something other than one tensor; this "
-                              "loader reads single-output models")
-        view = _DLTensor.from_address(tensor.handle + _OBJECT_HEADER)
-        kinds = {code: kind for kind, code in _DTYPE_CODES.items()}
-        dtype = np.dtype(f"{kinds[view.dtype.code]}{view.dtype.bits // 8}")
-        out = np.empty(tuple(view.shape[i] for i in range(view.ndim)), dtype)
-        self._ffi("runtime.TVMTensorCopyToBytes", tensor, ctypes.c_void_p(out.ctypes.data),
-                  out.nbytes)
-        return out
-
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self._numpy(self._ffi.call(self._main, self._tensor(x)))
+        return self._ffi.to_numpy(self._ffi.call(self._main, self._ffi.tensor(x)))
 
     def stage(self, x: np.ndarray) -> Callable[[], None]:
-        self._ffi.call(self._set_input, "main", self._tensor(x))
+        self._ffi.call(self._set_input, "main", self._ffi.tensor(x))
         return lambda: self._ffi.call(self._invoke, "main")
 
     def time(self, repeat: int) -> list[float]:

@@ -19,13 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tvmc_attend import attend_runtime
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board, CoreModel
 
 from .plugin import plugin_path, qemu_binary
 
 GUEST_RUNNER = str(Path(__file__).with_name("guest_runner.py"))
-LOADER = "attend_runtime.py"  # the one-file loader every bundle carries (compile.bundle)
+# the loader whose ctypes binding the guest drives the TVM runtime with (a host path: qemu-user
+# reads host files; the rootfs only prefixes the ones it has)
+LOADER_SOURCE = attend_runtime.__file__
 START_TIMEOUT_S = 600.0  # Python + numpy + the TVM runtime under qemu with the plugin loaded
 JOB_TIMEOUT_S = 600.0  # one tuning candidate: a bad schedule can run billions of instructions
 BUNDLE_TIMEOUT_S = 3600.0  # a whole untuned model: tens of billions under the cache model
@@ -118,7 +121,7 @@ class CountingCore:
         argv = [qemu_binary(self.guest.arch), "-cpu", self.guest.qemu_cpu, "-plugin", plugin]
         if self.guest.rootfs is not None:
             argv += ["-L", str(self.guest.rootfs)]
-        return [*argv, self.guest.python, GUEST_RUNNER]
+        return [*argv, self.guest.python, GUEST_RUNNER, LOADER_SOURCE]
 
     def _env(self) -> dict[str, str]:
         env = {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
@@ -170,10 +173,9 @@ class CountingCore:
                           "args": [[list(shape), dtype] for shape, dtype in args]}, timeout_s)
 
     def count_bundle(self, bundle_dir: str, timeout_s: float = BUNDLE_TIMEOUT_S) -> Counts:
-        """Counts of one inference of a compiled bundle, opened with its own loader."""
-        return self._run({"bundle": os.path.abspath(bundle_dir),
-                          "loader": os.path.join(os.path.abspath(bundle_dir), LOADER)},
-                         timeout_s)
+        """Counts of one inference of a compiled bundle, opened by the loader on the TVM
+        runtime installed in the guest."""
+        return self._run({"bundle": os.path.abspath(bundle_dir)}, timeout_s)
 
     def _run(self, job: dict, timeout_s: float) -> Counts:
         if self._proc is None or self._proc.poll() is not None:

@@ -1,13 +1,16 @@
 """Runs inside the emulated core (qemu-user with count_plugin): calls compiled functions between
-the plugin's markers. Standard library, numpy and the TVM runtime only: it runs in the board's
-rootfs as well as on this host.
+the plugin's markers. Standard library, numpy and the installed TVM runtime library, driven
+through the loader's ctypes binding (``attend_runtime.py``, whose path is the first argument):
+``import tvm`` takes ~23 s under qemu, the binding ~1 s. It runs in the board's rootfs as well as
+on this host.
 
 Protocol, one JSON object per line: a job on stdin, either one function
 ``{"tag": N, "module": PATH, "args": [[SHAPE, DTYPE], ...]}`` (a tuning candidate: its entry
-function) or a whole bundle ``{"tag": N, "bundle": DIR, "loader": PATH}`` (opened with the
-bundle's own one-file loader, run on a random input); a reply on stdout ``{"tag": N}`` or
-``{"tag": N, "error": MESSAGE}``. Each job is called twice, each call bracketed: tag 2N warms
-the simulated caches, tag 2N+1 is the count to keep (the plugin writes both to its file).
+function) or a whole bundle ``{"tag": N, "bundle": DIR}`` (opened by the loader, whose bundled
+runtime is the installed one byte for byte, and run on a random input); a reply on stdout
+``{"tag": N}`` or ``{"tag": N, "error": MESSAGE}``. Each job is called twice, each call
+bracketed: tag 2N warms the simulated caches, tag 2N+1 is the count to keep (the plugin writes
+both to its file).
 """
 
 import ctypes
@@ -16,10 +19,10 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")  # the runtime alone: seconds, not minutes
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tvm  # noqa: E402
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import attend_runtime  # noqa: E402
 
 MARKER_SYSCALL = 0x5CA1E  # count_plugin.c
 MARK_START, MARK_STOP = 1, 2
@@ -27,25 +30,39 @@ _syscall = ctypes.CDLL(None, use_errno=True).syscall
 _syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long]
 
 
-def _argument(shape: list, dtype: str, rng: np.random.Generator) -> object:
+def _installed_runtime() -> "attend_runtime._FFI":
+    """The TVM runtime library of the TVM installed for this Python (found, not imported)."""
+    paths = []
+    for package, library in (("tvm_ffi", "lib/libtvm_ffi.so"), ("tvm", "lib/libtvm_runtime.so")):
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"{package} is not installed for {sys.executable}")
+        paths.append(os.path.join(spec.submodule_search_locations[0], library))
+    return attend_runtime.runtime_at(*paths)
+
+
+def _argument(ffi: "attend_runtime._FFI", shape: list, dtype: str,
+              rng: np.random.Generator) -> object:
     if dtype.startswith("float"):
         data = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
     else:  # indices: zeros are in range for any gather
         data = np.zeros(shape, dtype=dtype)
-    return tvm.runtime.tensor(data)
+    return ffi.tensor(data)
 
 
 def _function_call(job: dict, rng: np.random.Generator) -> tuple:
-    module = tvm.runtime.load_module(job["module"])
-    return module[module.entry_name], [_argument(s, d, rng) for s, d in job["args"]]
+    ffi = _installed_runtime()
+    if not os.path.isfile(job["module"]):
+        raise FileNotFoundError(f"cannot find file {job['module']}")
+    module = ffi("ffi.ModuleLoadFromFile", job["module"])
+    function = ffi.method(module, "main")  # tvm.compile's entry function
+    args = [_argument(ffi, s, d, rng) for s, d in job["args"]]
+    return (lambda *a: ffi.call(function, *a)), args
 
 
 def _bundle_call(job: dict, rng: np.random.Generator) -> tuple:
-    spec = importlib.util.spec_from_file_location("attend_runtime", job["loader"])
-    loader = importlib.util.module_from_spec(spec)
-    sys.modules["attend_runtime"] = loader  # its dataclasses look their module up there
-    spec.loader.exec_module(loader)
-    model = loader.load(job["bundle"], threads=1)
+    _installed_runtime()  # a bundle's own runtime is the same bytes: the loader reuses it
+    model = attend_runtime.load(job["bundle"], threads=1)
     x = rng.uniform(-1.0, 1.0, size=model.input_shape).astype(model.input_dtype)
     return model.staged(x), []
 
