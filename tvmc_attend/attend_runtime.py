@@ -355,12 +355,14 @@ class _FFI:
 _LOADED_RUNTIME: tuple[tuple[str, ...], _FFI] | None = None  # (files' sha256, the runtime)
 
 
-def runtime_at(ffi_path: str, runtime_path: str) -> _FFI:
-    """The TVM runtime of these two files (``libtvm_ffi.so``, ``libtvm_runtime.so``), loaded
-    unless this process already has the same one (the same bytes, wherever they lie): two
-    copies of TVM FFI in one process would not share objects."""
+def runtime_at(ffi_path: str, runtime_path: str,
+               digests: tuple[str, str] | None = None) -> _FFI:
+    """The TVM runtime of these two files (``libtvm_ffi.so``, ``libtvm_runtime.so``; their
+    sha256 ``digests`` when already known), loaded unless this process already has the same
+    one (the same bytes, wherever they lie): two copies of TVM FFI in one process would not
+    share objects."""
     global _LOADED_RUNTIME
-    digests = (sha256_of(ffi_path), sha256_of(runtime_path))
+    digests = digests or (sha256_of(ffi_path), sha256_of(runtime_path))
     if _LOADED_RUNTIME is None:
         _LOADED_RUNTIME = (digests, _FFI(ffi_path, runtime_path))
     elif _LOADED_RUNTIME[0] != digests:
@@ -370,15 +372,11 @@ def runtime_at(ffi_path: str, runtime_path: str) -> _FFI:
 
 
 def _bundled_runtime(bundle_dir: str, runtime: dict[str, Any]) -> _FFI:
-    """The bundle's runtime, after checking each of its files."""
-    paths = {os.path.basename(entry["file"]): verify_file(bundle_dir, entry, "TVM runtime "
-                                                          "library")
-             for entry in runtime["files"]}
-    try:
-        return runtime_at(paths["libtvm_ffi.so"], paths["libtvm_runtime.so"])
-    except BundleError:
-        raise BundleError(f"this process already runs another TVM runtime; load "
-                          f"'{bundle_dir}' in a new process") from None
+    """The bundle's runtime, after checking each of its files against its recorded sha256."""
+    entries = {os.path.basename(entry["file"]): entry for entry in runtime["files"]}
+    names = ("libtvm_ffi.so", "libtvm_runtime.so")
+    paths = [verify_file(bundle_dir, entries[name], "TVM runtime library") for name in names]
+    return runtime_at(*paths, digests=tuple(entries[name]["sha256"] for name in names))
 
 
 def _dl_dtype(dtype: np.dtype) -> _DLDataType:
@@ -507,7 +505,7 @@ class Model:
 
 def _first_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(err).__name__
+    return lines[0].strip() if lines else type(err).__name__
 
 
 def _choose_runtime(bundle_dir: str, meta: dict[str, Any], remote: Any,
