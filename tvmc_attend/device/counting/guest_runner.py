@@ -14,6 +14,7 @@ both to its file).
 """
 
 import ctypes
+import functools
 import importlib.util
 import json
 import os
@@ -30,6 +31,7 @@ _syscall = ctypes.CDLL(None, use_errno=True).syscall
 _syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_long]
 
 
+@functools.cache  # found and hashed once per guest, not once per candidate
 def _installed_runtime() -> "attend_runtime._FFI":
     """The TVM runtime library of the TVM installed for this Python (found, not imported)."""
     paths = []
