@@ -197,21 +197,21 @@ BundleCheck = Callable[[str], Verification | None]
 
 
 def _copy_runtime(runtime: RuntimeLibs, staging: str) -> dict[str, Any]:
-    """Copy the runtime libraries into the staged bundle; what the metadata records."""
+    """Copy the runtime libraries (and `run`) into the staged bundle; what the metadata
+    records."""
+
+    def copy(source: os.PathLike, relative: str) -> dict[str, str]:
+        target = os.path.join(staging, relative)
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o755)
+        return {"file": relative, "sha256": attend_runtime.sha256_of(target)}
+
     os.makedirs(os.path.join(staging, RUNTIME_DIR))
-    files = []
-    for name, source in runtime.paths.items():
-        relative = f"{RUNTIME_DIR}/{name}"
-        shutil.copyfile(source, os.path.join(staging, relative))
-        os.chmod(os.path.join(staging, relative), 0o755)
-        files.append({"file": relative,
-                      "sha256": attend_runtime.sha256_of(os.path.join(staging, relative))})
-    recorded = {"arch": runtime.arch, "versions": runtime.versions, "files": files}
+    recorded = {"arch": runtime.arch, "versions": runtime.versions,
+                "files": [copy(source, f"{RUNTIME_DIR}/{name}")
+                          for name, source in runtime.paths.items()]}
     if runtime.runner is not None:  # next to the model library: `DIR/run --input x.npy`
-        shutil.copyfile(runtime.runner, os.path.join(staging, "run"))
-        os.chmod(os.path.join(staging, "run"), 0o755)
-        recorded["runner"] = {"file": "run",
-                              "sha256": attend_runtime.sha256_of(os.path.join(staging, "run"))}
+        recorded["runner"] = copy(runtime.runner, "run")
     return recorded
 
 

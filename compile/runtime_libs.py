@@ -15,7 +15,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tvmc_attend.attend_runtime import machine_arch
 from tvmc_attend.cache import cache_dir
 from tvmc_attend.errors import UserError
 
@@ -61,9 +61,10 @@ def installed_versions() -> dict[str, str]:
 
 
 def arch_of(triple: str) -> str:
-    """``aarch64-linux-gnu`` -> ``aarch64``; a host build ("host") is this machine's."""
+    """``aarch64-linux-gnu`` -> ``aarch64``; a host build ("host") is this machine's, named as
+    the loader names it (the architecture it checks a bundle against)."""
     if triple == "host":
-        return platform.machine()
+        return machine_arch()
     return triple.split("-")[0]
 
 
@@ -71,7 +72,7 @@ def runtime_libs(arch: str, fetch: bool = True) -> RuntimeLibs:
     """The runtime libraries for ``arch`` (this machine's: from the installed packages;
     another's: the cached wheels' copy, fetched first unless ``fetch`` is False)."""
     versions = installed_versions()
-    if arch == platform.machine():
+    if arch == machine_arch():
         return RuntimeLibs(arch, _installed_paths(), versions)
     if arch not in WHEEL_PLATFORMS:
         raise UserError(f"no TVM runtime wheels for {arch}; compile with --runtime system")
