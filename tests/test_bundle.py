@@ -294,13 +294,11 @@ print(json.dumps({"runtime": m.runtime, "tvm_loaded": "tvm" in sys.modules,
 
 def _numpy_only_dir(tmp_path: Path) -> Path:
     """A folder that lets a -S Python import numpy (this venv's) and nothing else."""
+    from tvmc_attend.bench.runtime_footprint import link_numpy_only
+
     folder = tmp_path / "numpy-only"
     folder.mkdir()
-    site = Path(np.__file__).parent.parent
-    for name in ("numpy", "numpy.libs"):
-        if (site / name).exists():
-            (folder / name).symlink_to(site / name)
-    return folder
+    return link_numpy_only(folder)
 
 
 @pytest.mark.slow

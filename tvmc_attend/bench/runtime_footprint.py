@@ -88,13 +88,30 @@ def bundle_sizes(bundle: Bundle) -> dict[str, int]:
     return sizes
 
 
-def start_up(bundle: Bundle, runs: int, progress: Progress) -> dict[str, dict[str, Any]]:
-    """Medians over ``runs`` fresh processes per runtime (alternating, so drift hits both)."""
-    numpy_only = Path(tempfile.mkdtemp(prefix="tvmc-attend-numpy-only-"))
+def link_numpy_only(folder: Path) -> Path:
+    """``folder`` holding links to this Python's numpy and nothing else: on the PYTHONPATH of a
+    ``python -S`` (no site-packages), numpy is all that process can import."""
     site = Path(np.__file__).parent.parent
     for name in ("numpy", "numpy.libs"):
         if (site / name).exists():
-            (numpy_only / name).symlink_to(site / name)
+            (folder / name).symlink_to(site / name)
+    return folder
+
+
+def start_up(bundle: Bundle, runs: int, progress: Progress) -> dict[str, dict[str, Any]]:
+    """Medians over ``runs`` fresh processes per runtime (alternating, so drift hits both)."""
+    with tempfile.TemporaryDirectory(prefix="tvmc-attend-numpy-only-") as tmp:
+        samples = _start_up_samples(bundle, runs, link_numpy_only(Path(tmp)), progress)
+    return {runtime: {**{key: statistics.median(s[key] for s in runs_)
+                         for key in ("import_s", "load_s", "first_inference_s", "total_s",
+                                     "rss_mb", "peak_rss_mb")},
+                      "tvm_imported": runs_[0]["tvm_imported"],
+                      "compiler_mapped": runs_[0]["compiler_mapped"], "runs": runs_}
+            for runtime, runs_ in samples.items()}
+
+
+def _start_up_samples(bundle: Bundle, runs: int, numpy_only: Path,
+                      progress: Progress) -> dict[str, list[dict[str, Any]]]:
     how = {"bundled": [sys.executable, "-S"], "system": [sys.executable]}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     samples: dict[str, list[dict[str, Any]]] = {k: [] for k in how}
@@ -106,15 +123,7 @@ def start_up(bundle: Bundle, runs: int, progress: Progress) -> dict[str, dict[st
             samples[runtime].append(json.loads(done.stdout.strip().splitlines()[-1]))
         progress(f"start-up run {i + 1}/{runs}: " + ", ".join(
             f"{k} {v[-1]['total_s']:.2f} s" for k, v in samples.items()))
-    for name in ("numpy", "numpy.libs"):
-        (numpy_only / name).unlink(missing_ok=True)
-    numpy_only.rmdir()
-    return {runtime: {**{key: statistics.median(s[key] for s in runs_)
-                         for key in ("import_s", "load_s", "first_inference_s", "total_s",
-                                     "rss_mb", "peak_rss_mb")},
-                      "tvm_imported": runs_[0]["tvm_imported"],
-                      "compiler_mapped": runs_[0]["compiler_mapped"], "runs": runs_}
-            for runtime, runs_ in samples.items()}
+    return samples
 
 
 def installed_size(package: str) -> int | str:
