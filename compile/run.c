@@ -80,8 +80,6 @@ static TVMFFIAny any_str(const char *s) {
   return a;
 }
 
-static TVMFFIAny any_obj(TVMFFIAny object) { return object; }
-
 static TVMFFIAny any_ptr(void *p) {
   TVMFFIAny a;
   memset(&a, 0, sizeof(a));
@@ -92,7 +90,7 @@ static TVMFFIAny any_ptr(void *p) {
 
 /* A module's function by name. */
 static TVMFFIObjectHandle method(TVMFFIAny module, const char *name) {
-  TVMFFIAny args[3] = {any_obj(module), any_str(name), any_int(1)};
+  TVMFFIAny args[3] = {module, any_str(name), any_int(1)};
   TVMFFIAny f = call(global("ffi.ModuleGetFunction"), args, 3, name);
   if (f.type_index != kTVMFFIFunction) fail("the model library has no function %s", name);
   return f.v_obj;
