@@ -116,21 +116,8 @@ class _Matcher:
         spec3 = self._conv(conv3, "w3", m)
         if spec3.kernel != (1, 1) or spec3.groups != 1 or any(spec3.padding):
             raise _NoMatch("the expansion conv is not a 1x1 conv without groups and padding")
-        k2 = self._silu(k2a, m)
-        k2, m.weights["b2"] = self._bias(k2, m)
-        conv2 = self.fn.producer(k2, "relax.nn.conv2d")
-        m.inner.append(k2)
-        spec2 = self._conv(conv2, "w2", m)
-        q2 = conv2.args[0]
-        pool2 = self._pool(q2, m)
-        k1 = self._silu(self.fn.value[q2].args[0], m)
-        k1, m.weights["b1"] = self._bias(k1, m)
-        conv1 = self.fn.producer(k1, "relax.nn.conv2d")
-        m.inner.append(k1)
-        spec1 = self._conv(conv1, "w1", m)
-        q1 = conv1.args[0]
-        pool1 = self._pool(q1, m)
-        v = self.fn.value[q1].args[0]
+        spec2, pool2, k1a = self._condenser(k2a, 2, m)
+        spec1, pool1, v = self._condenser(k1a, 1, m)
         out_var = self._gate(resize_var, v, m)
 
         n, c, h, w = _static_shape(v)
@@ -151,6 +138,17 @@ class _Matcher:
         return spec, m, v, out_var
 
     # ------------------------------------------------------------------------------ pieces
+
+    def _condenser(self, k: Any, index: int, m: _Match) -> tuple[Conv, Pool, Any]:
+        """``k`` = silu(conv_i(max_pool2d(x)) [+ b_i]) -> (conv_i, its pool, x)."""
+        k = self._silu(k, m)
+        k, m.weights[f"b{index}"] = self._bias(k, m)
+        conv = self.fn.producer(k, "relax.nn.conv2d")
+        m.inner.append(k)
+        spec = self._conv(conv, f"w{index}", m)
+        pooled = conv.args[0]
+        pool = self._pool(pooled, m)
+        return spec, pool, self.fn.value[pooled].args[0]
 
     def _pool(self, var: relax.Var, m: _Match) -> Pool:
         pool = self.fn.producer(var, "relax.nn.max_pool2d")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,17 @@ def start_cli(*args: str, cwd: Path | str | None = None) -> subprocess.Popen:
     return subprocess.Popen([cli_path(), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=cwd or REPO, env=cli_env(),
                             start_new_session=True)
+
+
+@contextlib.contextmanager
+def running_cli(*args: str | Path, cwd: Path | str | None = None
+                ) -> Iterator[subprocess.Popen]:
+    """``tvmc-attend ARGS`` in its own process group, gone with its children on leaving."""
+    proc = start_cli(*args, cwd=cwd)
+    try:
+        yield proc
+    finally:
+        kill_group(proc)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -177,6 +189,37 @@ def import_bundle_loader(bundle: Path) -> Any:
     spec.loader.exec_module(module)
     assert Path(module.__file__).resolve() == path.resolve()
     return module
+
+
+def assert_bundle_matches(bundle: Path, reference: Any, shape: tuple[int, ...] | None = None,
+                          remote: Any = None, rtol: float = RTOL) -> None:
+    """Run the bundle through its own loader (``remote``: an RPC session) on two random inputs
+    of ``shape`` (default: the bundle's input) and compare with ``reference``: a PyTorch
+    module, which must react to its input, or a numpy -> numpy callable (ONNX Runtime's)."""
+    import json
+
+    import torch
+
+    if shape is None:
+        shape = tuple(json.loads((bundle / "metadata.json").read_text())["input"]["shape"])
+    xs = inputs(shape)
+    if isinstance(reference, torch.nn.Module):
+        refs = assert_depends_on_input(reference, xs)
+    else:
+        refs = [reference(x) for x in xs]
+    model = import_bundle_loader(bundle).load(str(bundle), remote=remote)
+    for x, ref in zip(xs, refs, strict=True):
+        err = rel_err(model(x), ref)
+        assert err <= rtol, f"relative error {err:.3g} > {rtol}"
+
+
+def onnx_reference(path: Path) -> Any:
+    """ONNX Runtime's answer for a one-input, one-output model file, as a numpy callable."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
 
 
 def record_count(database_dir: Path) -> int:

@@ -20,15 +20,15 @@ import torch
 from helpers import (
     HOST_DB,
     RTOL,
+    assert_bundle_matches,
     assert_cli_error,
     assert_depends_on_input,
     cli_here,
-    import_bundle_loader,
     inputs,
+    onnx_reference,
     output,
     rel_err,
     run_cli,
-    torch_reference,
 )
 from torch import nn
 
@@ -257,7 +257,6 @@ def test_zoo_models_verify_in_the_blocked_layout(model, size, tmp_path) -> None:
 
 
 def test_onnx_model_in_the_blocked_layout_matches_onnxruntime(tmp_path) -> None:
-    import onnxruntime as ort
 
     path = tmp_path / "small.onnx"
     torch.onnx.export(SmallNet().eval(), (torch.zeros(1, 3, 24, 24),), str(path),
@@ -267,10 +266,7 @@ def test_onnx_model_in_the_blocked_layout_matches_onnxruntime(tmp_path) -> None:
     assert result.returncode == 0, output(result)
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["layout"]["blocked_convs"] >= 5
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    model = import_bundle_loader(bundle).load(str(bundle))
-    for x in inputs((1, 3, 24, 24)):
-        assert rel_err(model(x), session.run(None, {"x": x})[0]) < RTOL
+    assert_bundle_matches(bundle, onnx_reference(path))
 
 
 # -------------------------------------------------------------- databases know their layout
@@ -317,11 +313,5 @@ def test_blocked_bundles_run_on_the_emulated_rpi4(model, size, flags, emulated_r
     assert result.returncode == 0, output(result)
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["layout"]["blocked_convs"] > 0
-    module = create_model(model, input_size=size)
-    xs = inputs(tuple(meta["input"]["shape"]))
-    refs = assert_depends_on_input(module, xs)
     session = connect(emulated_rpi4.spec, timeout_s=120)
-    remote_model = import_bundle_loader(bundle).load(str(bundle), remote=session)
-    for x, ref in zip(xs, refs, strict=True):
-        assert rel_err(remote_model(x), torch_reference(module, x)) < RTOL
-        assert rel_err(remote_model(x), ref) < RTOL
+    assert_bundle_matches(bundle, create_model(model, input_size=size), remote=session)

@@ -39,16 +39,20 @@ SHAPE = (1, 3, SIZE, SIZE)
 DCAC_SIZE = 16
 
 
+def compile_untuned(tmp_path_factory, model: str, size: int, target: str) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / f"{model}-{target}"
+    result = cli_here("compile", "--model", model, "--input-size", size, "--target", target,
+                     "-o", out, "--untuned")
+    assert result.returncode == 0, output(result)
+    assert "Traceback" not in result.stderr
+    assert f"compiled {model} for {target}" in result.stdout and str(out) in result.stdout
+    return out
+
+
 @pytest.fixture(scope="module")
 def host_bundle(tmp_path_factory) -> Path:
     """attendnext at 64x64, compiled untuned for the host by the CLI (about a minute)."""
-    out = tmp_path_factory.mktemp("bundle") / "attendnext-host"
-    result = cli_here("compile", "--model", "attendnext", "--input-size", SIZE, "--target",
-                     "host", "-o", out, "--untuned")
-    assert result.returncode == 0, output(result)
-    assert "Traceback" not in result.stderr
-    assert "compiled attendnext for host" in result.stdout and str(out) in result.stdout
-    return out
+    return compile_untuned(tmp_path_factory, "attendnext", SIZE, "host")
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +73,7 @@ def reference():
 @pytest.fixture(scope="module")
 def rpi4_bundle(tmp_path_factory) -> Path:
     """The DC-AC block cross-compiled for rpi4 (fast: the library format is what matters)."""
-    out = tmp_path_factory.mktemp("bundle") / "dcac-rpi4"
-    result = cli_here("compile", "--model", "dcac", "--input-size", DCAC_SIZE, "--target",
-                     "rpi4", "-o", out, "--untuned")
-    assert result.returncode == 0, output(result)
-    return out
+    return compile_untuned(tmp_path_factory, "dcac", DCAC_SIZE, "rpi4")
 
 
 # ---------------------------------------------------------------------------- host bundle

@@ -231,6 +231,7 @@ def test_compile_records_how_many_dcac_blocks_were_fused(flag, fused, tmp_path) 
     (("--op", "cache-flush", "--target", "rpi4"), "measures on this host; use --target host"),
     (("--op", "cache-flush", "--model", "dcac", "--log-dir", "no-such-dir"),
      "no tuning database at"),
+    (("--op", "in-model", "--target", "rpi4"), "measures on this host; use --target host"),
 ])
 def test_benchmark_bad_flags(args, fragment) -> None:
     assert_cli_error(cli_here("benchmark", *args), fragment)

@@ -28,10 +28,10 @@ from helpers import (
     REPO,
     assert_cli_error,
     cli_here,
-    kill_group,
     output,
     record_count,
     run_cli,
+    running_cli,
     start_cli,
     tune_summary,
     wait_until,
@@ -120,17 +120,15 @@ def _tune_while_another_runs(log_dir: Path, first_size: int, second_size: int,
     database (or two seconds later, as in issue 9); return each run's (pid, stdout, stderr)
     and whether the first held the database when the second started."""
     db = log_dir / HOST_DB / MODEL
-    procs = [start_cli(*tune_args(log_dir, first_size, trials))]
-    try:
+    with contextlib.ExitStack() as running:
+        procs = [running.enter_context(running_cli(*tune_args(log_dir, first_size, trials)))]
         start = time.monotonic()
         wait_until(lambda: lock_holder(db) == procs[0].pid or time.monotonic() - start > 2,
                    120, "the first tune to hold the database", proc=procs[0])
         first_held = lock_holder(db) == procs[0].pid
-        procs.append(start_cli(*tune_args(log_dir, second_size, trials)))
+        procs.append(running.enter_context(running_cli(*tune_args(log_dir, second_size,
+                                                                  trials))))
         runs = [(proc.pid, *proc.communicate(timeout=600)) for proc in procs]
-    finally:
-        for proc in procs:
-            kill_group(proc)
     for proc, (_pid, out, err) in zip(procs, runs, strict=True):
         assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{err}"
     return runs, first_held
@@ -185,8 +183,7 @@ def test_two_tunes_of_the_same_size_do_not_duplicate_workloads(tmp_path) -> None
 def test_no_wait_exits_at_once_naming_the_holder(tmp_path) -> None:
     log_dir = tmp_path / "logs"
     db = log_dir / HOST_DB / MODEL
-    first = start_cli(*tune_args(log_dir, 14, 64))
-    try:
+    with running_cli(*tune_args(log_dir, 14, 64)) as first:
         wait_until(lambda: lock_holder(db) == first.pid, 120, "the lock", proc=first)
         start = time.monotonic()
         result = run_cli(*tune_args(log_dir, 16, 4, "--no-wait"), timeout=120)
@@ -195,8 +192,6 @@ def test_no_wait_exits_at_once_naming_the_holder(tmp_path) -> None:
         assert elapsed < 30, f"took {elapsed:.0f} s"  # refused before importing the model
         assert not waiting_lines(result.stdout + result.stderr)
         assert first.poll() is None  # the holder is left alone
-    finally:
-        kill_group(first)
 
 
 def test_a_killed_tune_leaves_no_blocking_lock(tmp_path) -> None:

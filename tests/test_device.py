@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import wait_until
 
 from tvmc_attend.device import RemoteSpec, connect, emulator, tracker
 from tvmc_attend.device.choice import choose_device
@@ -191,12 +192,6 @@ def test_dead_board_state_is_pruned(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no emulated board named 'ghost'"):
         emulator.stop("ghost")
 
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        time.sleep(0.5)
 
 
 def stop_foreground(proc: subprocess.Popen) -> tuple[str, str]:

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import wait_until
 
 from tvmc_attend.device import RemoteSpec, connect, emulator, tracker
 from tvmc_attend.device.endpoints import free_port, port_free, stop_process_group
@@ -50,12 +51,6 @@ def stop_cli(proc: subprocess.Popen) -> tuple[str, str]:
         stop_process_group(proc.pid)  # its popen worker too, whatever happened
     return out, err
 
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        time.sleep(0.3)
 
 
 def closed_without_answer(port: int, hello: bytes, source: str = STRANGER) -> bool:

@@ -20,17 +20,13 @@ import pytest
 from helpers import (
     HOST_DB,
     RTOL,
+    assert_bundle_matches,
     assert_cli_error,
-    assert_depends_on_input,
     cli_here,
-    import_bundle_loader,
-    inputs,
-    kill_group,
     output,
     record_count,
-    rel_err,
     run_cli,
-    start_cli,
+    running_cli,
     tune_summary,
     wait_until,
 )
@@ -116,13 +112,7 @@ def test_compile_applies_the_database(tuned, tmp_path) -> None:
 
     from tvmc_attend.models import create_model
 
-    reference = create_model(MODEL, input_size=SIZE, seed=0)
-    xs = inputs(SHAPE)
-    refs = assert_depends_on_input(reference, xs)
-    model = import_bundle_loader(bundle).load(str(bundle))
-    for x, ref in zip(xs, refs, strict=True):
-        err = rel_err(model(x), ref)
-        assert err <= RTOL, f"relative error {err:.3g} > {RTOL}"
+    assert_bundle_matches(bundle, create_model(MODEL, input_size=SIZE, seed=0))
 
 
 def test_benchmark_measures_every_variant_side_by_side(tuned, tmp_path) -> None:
@@ -148,6 +138,26 @@ def test_benchmark_measures_every_variant_side_by_side(tuned, tmp_path) -> None:
     ratios = data["ratios"]
     assert ratios["tvm_tuned_vs_tvm_untuned"] == pytest.approx(
         data["tvm_untuned"]["median_ms"] / data["tvm_tuned"]["median_ms"])
+
+
+def test_in_model_splits_the_whole_model_time(tuned, tmp_path) -> None:
+    """`benchmark --op in-model`: every tuned task's kernel found and timed inside the model;
+    kernels and builtins fit inside the timed run; the estimate is the database's."""
+    json_path = tmp_path / "in-model.json"
+    result = cli_here("benchmark", "--op", "in-model", "--model", MODEL, "--input-size", SIZE,
+                      "--target", "host", "--log-dir", tuned.log_dir, "--rounds", 5,
+                      "--json", json_path)
+    assert result.returncode == 0, output(result)
+    data = json.loads(json_path.read_text())
+    assert data["rows"] and data["threads"] == get_board("host").thread_count()
+    for row in data["rows"]:
+        assert row["warm_us"] > 0 and row["in_model_us"] > 0, row
+    assert data["tune_estimate_us"] == pytest.approx(
+        sum(row["calls"] * row["warm_us"] for row in data["rows"]))
+    inside_calls = data["kernels_in_model_us"] + data["builtins_us"]
+    assert 0 < inside_calls < 1e3 * data["timed_instrument_ms"]
+    assert data["vm_calls"] >= len(data["rows"]) and data["whole_ms"] > 0
+    assert "whole model" in result.stdout and "between calls" in result.stdout
 
 
 def test_untuned_flag_ignores_the_database(tuned, tmp_path) -> None:
@@ -310,22 +320,16 @@ def test_ctrl_c_keeps_the_records_and_a_rerun_resumes(tmp_path) -> None:
     # small rounds: the first records (and the stop) come after a batch of 2, not of 10
     args = (*TUNE, "--trials", "64", "--trials-per-round", "2", "--log-dir", log_dir)
 
-    proc = start_cli(*args)
-    try:
+    with running_cli(*args) as proc:
         # the first record is the default schedule (measured before the search): wait for more
         seen, out = _interrupt(proc, database, 1)
-    finally:
-        kill_group(proc)
     kept = record_count(database)
     assert kept >= seen >= 2
     done, _budget, new = tune_summary(out)
     assert 1 <= new == done < kept, out  # a first run: everything it did is new
 
-    proc = start_cli(*args)
-    try:
+    with running_cli(*args) as proc:
         _seen, out = _interrupt(proc, database, kept)
-    finally:
-        kill_group(proc)
     done, _budget, new = tune_summary(out)
     assert done - new >= kept, f"the rerun started from scratch:\n{out}"
     assert record_count(database) > kept

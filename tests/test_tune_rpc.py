@@ -19,17 +19,17 @@ import pytest
 from helpers import (
     HOST_DB,
     RTOL,
+    assert_bundle_matches,
     assert_cli_error,
     assert_depends_on_input,
     cli_here,
-    import_bundle_loader,
     inputs,
-    kill_group,
     output,
     record_count,
     rel_err,
     run_cli,
-    start_cli,
+    running_cli,
+    torch_reference,
     tune_summary,
     wait_until,
 )
@@ -120,28 +120,21 @@ def test_tune_over_rpc_then_compile(rpc_server, tmp_path) -> None:
 
     from tvmc_attend.models import create_model
 
-    xs = inputs((1, 40, SIZE, SIZE))
-    refs = assert_depends_on_input(create_model(MODEL, input_size=SIZE, seed=0), xs)
-    model = import_bundle_loader(bundle).load(str(bundle))
-    for x, ref in zip(xs, refs, strict=True):
-        assert rel_err(model(x), ref) <= RTOL
+    assert_bundle_matches(bundle, create_model(MODEL, input_size=SIZE, seed=0))
 
 
 @pytest.mark.slow
 def test_lost_device_stops_the_run_and_keeps_the_records(rpc_server, tmp_path) -> None:
     log_dir = tmp_path / "logs"
     database = log_dir / HOST_DB / MODEL
-    proc = start_cli(*tune_args(rpc_server.tracker, rpc_server.key, log_dir, 64),
-                     "--trials-per-round", "2")
-    try:
+    with running_cli(*tune_args(rpc_server.tracker, rpc_server.key, log_dir, 64),
+                     "--trials-per-round", "2") as proc:
         wait_until(lambda: record_count(database) >= 1, 600, "the first records", proc=proc)
         seen = record_count(database)
         rpc_server.stop()  # the board is unplugged
         start = time.monotonic()
         out, err = proc.communicate(timeout=300)
         elapsed = time.monotonic() - start
-    finally:
-        kill_group(proc)
     text = out + err
     assert proc.returncode not in (0, None), text
     assert "lost the RPC device" in text, text
@@ -210,7 +203,6 @@ def test_tune_on_the_emulated_rpi4(emulated_rpi4, tmp_path) -> None:
     meta = json.loads((bundle / "metadata.json").read_text())
     assert meta["tuned"] is True and meta["tuning"]["emulated"] is True
 
-    from helpers import torch_reference
 
     from tvmc_attend.models import create_model
 

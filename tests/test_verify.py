@@ -16,13 +16,11 @@ import pytest
 import torch
 from helpers import (
     RTOL,
+    assert_bundle_matches,
     assert_cli_error,
-    assert_depends_on_input,
     cli_here,
-    import_bundle_loader,
-    inputs,
+    onnx_reference,
     output,
-    rel_err,
     run_cli,
     torch_reference,
 )
@@ -215,12 +213,7 @@ def test_attendnext_at_288_matches_pytorch(tmp_path) -> None:
                      "host", "--untuned", "-o", bundle)
     assert result.returncode == 0, output(result)
     assert metadata(bundle)["fused_dcac"] == 4
-    module = create_model("attendnext", input_size=288)
-    xs = inputs((1, 3, 288, 288))
-    refs = assert_depends_on_input(module, xs)
-    model = import_bundle_loader(bundle).load(str(bundle))
-    for x, ref in zip(xs, refs, strict=True):
-        assert rel_err(model(x), ref) < RTOL
+    assert_bundle_matches(bundle, create_model("attendnext", input_size=288))
 
 
 # ------------------------------------------------------------------------- dynamic inputs
@@ -234,8 +227,6 @@ def test_dynamic_onnx_without_a_shape_names_the_dims(tmp_path) -> None:
 
 
 def test_dynamic_onnx_with_input_shape_compiles_and_matches(tmp_path) -> None:
-    import onnxruntime as ort
-
     path = export_onnx(tmp_path / "dyn.onnx", {0: "N", 2: "H", 3: "W"})
     bundle = tmp_path / "b"
     result = cli_here("compile", "--model", path, "--input-shape", "1x3x40x24", "--target",
@@ -244,10 +235,7 @@ def test_dynamic_onnx_with_input_shape_compiles_and_matches(tmp_path) -> None:
     meta = metadata(bundle)
     assert meta["input"]["shape"] == [1, 3, 40, 24]
     assert meta["verified"]["reference"] == "onnxruntime"
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    model = import_bundle_loader(bundle).load(str(bundle))
-    for x in inputs((1, 3, 40, 24)):
-        assert rel_err(model(x), session.run(None, {"x": x})[0]) < RTOL
+    assert_bundle_matches(bundle, onnx_reference(path))
 
 
 def test_a_symbolic_batch_alone_becomes_one(tmp_path) -> None:
@@ -280,9 +268,8 @@ def test_dynamic_pt2(tmp_path) -> None:
                      "host", "-o", bundle)
     assert result.returncode == 0, output(result)
     assert metadata(bundle)["verified"]["reference"] == "pytorch"
-    x = np.random.default_rng(0).standard_normal((1, 3, 48, 48)).astype("float32")
-    model = import_bundle_loader(bundle).load(str(bundle))
-    assert rel_err(model(x), torch_reference(module, x)) < RTOL
+    # TinyNet's random-init output hardly moves with its input: compare, do not ask it to
+    assert_bundle_matches(bundle, lambda x: torch_reference(module, x))
 
 
 def test_zoo_models_take_input_size_not_shape(tmp_path) -> None:
