@@ -26,7 +26,6 @@ from tvmc_attend.targets import Board
 from .report import RunInfo, plot_to
 from .variants import (
     HOST_ONLY_NOTE,
-    VARIANT_LABELS,
     Variant,
     baseline_variants,
     check_and_time,
@@ -59,7 +58,7 @@ class BenchmarkReport:
         }
         for v in self.variants:
             entry = v.timing_json()
-            entry.update(label=VARIANT_LABELS[v.key], throughput_ips=1e3 / entry["median_ms"],
+            entry.update(label=v.label, throughput_ips=1e3 / entry["median_ms"],
                          max_rel_err=v.max_rel_err, emulated=self.run.emulated
                          and v.key.startswith("tvm"), note=v.note)
             data[v.key] = entry
@@ -111,7 +110,7 @@ def run_benchmark(source: ModelSource, board: Board, device: DeviceChoice = LOCA
 
 def plot(report: BenchmarkReport, path: str) -> None:
     """Bar chart of median latency with p10-p90 whiskers."""
-    stats = [(VARIANT_LABELS[v.key], v.stats()) for v in report.variants]
+    stats = [(v.label, v.stats()) for v in report.variants]
     medians = [s.median_ms for _, s in stats]
     low = [s.median_ms - s.p10_ms for _, s in stats]
     high = [s.p90_ms - s.median_ms for _, s in stats]

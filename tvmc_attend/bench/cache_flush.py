@@ -18,8 +18,6 @@ ranks candidates closer to what the model will see.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,15 +26,14 @@ import numpy as np
 
 from tvmc_attend.compiler.build import build_scheduled, schedule_module
 from tvmc_attend.compiler.frontend import ModelSource
-from tvmc_attend.compiler.lowering import DEFAULT_LAYOUT, extract_tasks, lowering_of
-from tvmc_attend.compiler.prepare import prepare_model
-from tvmc_attend.compiler.tuning.database import TuningDatabase
+from tvmc_attend.compiler.lowering import extract_tasks
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board
 from tvmc_attend.threads import tvm_threads
 from tvmc_attend.timestamps import utc_timestamp
 
 from .counted import spearman
+from .in_model import CallTimer, match_kernel, open_tuned
 from .report import machine_info
 
 Progress = Callable[[str], None]
@@ -91,37 +88,6 @@ def _kernel_times(func_mod: Any, record: Any, target: Any, flush: bool, number: 
     return float(np.median(timer(*args).results)) * 1e6
 
 
-def _profile_us(executable: Any, x: np.ndarray, runs: int) -> dict[str, float]:
-    """Per kernel name: median over ``runs`` whole-model runs of its time per call, taken by
-    a VM instrument around each call (TVM 0.27's Relax VM has no profiler; the instrument's
-    own cost, a few us per call, is the same for every candidate of a task)."""
-    import tvm
-    from tvm import relax
-
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    data = tvm.runtime.tensor(x)
-    vm["main"](data)  # warm-up: first-run costs (page faults, pool start) are not a kernel's
-    started: dict[str, float] = {}
-    per_run: dict[str, list[float]] = {}
-
-    def instrument(_func: Any, name: str, before_run: bool, _ret: Any, *_args: Any) -> int:
-        now = time.perf_counter()
-        if before_run:
-            started[name] = now
-        else:
-            per_run.setdefault(name, []).append(now - started[name])
-        return 0  # VMInstrumentReturnKind.NO_OP: run the call
-
-    vm.set_instrument(instrument)
-    samples: dict[str, list[float]] = {}
-    for _ in range(runs):
-        per_run.clear()
-        vm["main"](data)
-        for name, durations in per_run.items():
-            samples.setdefault(name, []).append(1e6 * sum(durations) / len(durations))
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
 def flush_check(source: ModelSource, board: Board, log_dir: str | None = None,
                 tasks: int = 6, candidates: int = 6, runs: int = 15, seed: int = 0,
                 progress: Progress = print) -> FlushReport:
@@ -131,14 +97,7 @@ def flush_check(source: ModelSource, board: Board, log_dir: str | None = None,
 
     from tvmc_attend.schedules import register_rules
 
-    if board.is_remote:
-        raise UserError("--op cache-flush measures on this host; use --target host")
-    db_dir = TuningDatabase.to_apply(log_dir, board, source.name)
-    if not db_dir.exists():
-        raise UserError(f"no tuning database at {db_dir.path}; tune {source.name} first")
-    db_dir.check_target(board, lowering_of(DEFAULT_LAYOUT))  # before the minute of import
-    prepared = prepare_model(source, layout=DEFAULT_LAYOUT, board=board)
-    database = db_dir.open(board, source.name, lowering=prepared.lowering)
+    db_dir, prepared, database = open_tuned(source, board, log_dir, "cache-flush")
     target = board.tvm_target()
     register_rules()
     extracted = extract_tasks(prepared, board)
@@ -178,10 +137,14 @@ def flush_check(source: ModelSource, board: Board, log_dir: str | None = None,
                 record.trace, workload, record.run_secs, record.target, record.args_info))
         progress(f"whole model with every chosen task's record {j + 1} ...")
         executable = build_scheduled(schedule_module(prepared.mod, board, memory), target)
-        in_model = _profile_us(executable, x, runs)
+        timer = CallTimer(executable, x)
+        for _ in range(runs):
+            timer.run_ms("timing")
+        in_model = timer.call_times().us_per_call
         for row in rows:
             if row["candidate"] == j:
-                row["in_model"] = _match(in_model, row["task"])
+                name = match_kernel(in_model, row["task"])
+                row["in_model"] = in_model[name] if name else None
     per_task = {}
     for name in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == name and r.get("in_model") is not None]
@@ -191,11 +154,3 @@ def flush_check(source: ModelSource, board: Board, log_dir: str | None = None,
                               for kind in ("warm", "flushed")}
     return FlushReport(model=source.name, board=board.name, database=db_dir.path,
                        threads=tvm_threads(), rows=rows, per_task=per_task)
-
-
-def _match(profiled: dict[str, float], task_name: str) -> float | None:
-    """The profiler's name for a task's kernel: the task's name, or it with a suffix."""
-    if task_name in profiled:
-        return profiled[task_name]
-    found = [v for name, v in profiled.items() if name.startswith(task_name)]
-    return found[0] if len(found) == 1 else None

@@ -33,7 +33,6 @@ from tvmc_attend.targets import Board
 from .report import RunInfo, plot_to
 from .variants import (
     HOST_ONLY_NOTE,
-    VARIANT_LABELS,
     Variant,
     baseline_variants,
     check_and_time,
@@ -121,7 +120,7 @@ class CompareReport:
     def _variant_json(self, column: str, variant: Variant) -> dict[str, Any]:
         entry = variant.timing_json()
         emulated = self.run.emulated and column == "tvm"
-        entry.update(label=VARIANT_LABELS[variant.key] + (" (emulated)" if emulated else ""),
+        entry.update(label=variant.label + (" (emulated)" if emulated else ""),
                      throughput_ips=1e3 / entry["median_ms"],
                      max_rel_err_vs_torch=variant.max_rel_err, emulated=emulated)
         return entry
@@ -258,12 +257,13 @@ def plot(report: CompareReport, path: str) -> None:
     markers = {"tvm": ("o", "#1f77b4"), "onnxruntime": ("s", "#ff7f0e"), "torch": ("^", "#2ca02c")}
     with plot_to(path, figsize=(7.5, 5)) as (_fig, ax):
         for column, (marker, colour) in markers.items():
-            rows = [(r.params / 1e6, r.variants[column].stats()) for r in report.results
-                    if column in r.variants]
-            if not rows:
+            measured = [(r.params / 1e6, r.variants[column]) for r in report.results
+                        if column in r.variants]
+            if not measured:
                 continue
+            rows = [(params, variant.stats()) for params, variant in measured]
             xs, ys = [p for p, _ in rows], [s.median_ms for _, s in rows]
-            name = "TVM" + run.label if column == "tvm" else VARIANT_LABELS[column]
+            name = "TVM" + run.label if column == "tvm" else measured[0][1].label
             if column == "tvm":
                 err = [[s.median_ms - s.p10_ms for _, s in rows], [s.p90_ms - s.median_ms
                                                                     for _, s in rows]]

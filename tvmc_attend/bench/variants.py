@@ -61,6 +61,10 @@ class Variant:
         return attend_runtime.LatencyStats(times_ms=self.times_ms)
 
     @property
+    def label(self) -> str:
+        return VARIANT_LABELS[self.key]
+
+    @property
     def busy_threads(self) -> int | None:
         return self.usage.busy if self.local and self.usage.wall_ns else None
 

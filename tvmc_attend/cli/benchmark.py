@@ -119,6 +119,36 @@ def _cache_flush(board: Board, source: ModelSource, candidates: int, rounds: int
     show_report(report, [table], [note], width=120, json_path=json_path)
 
 
+def _in_model(board: Board, source: ModelSource, trials: int, rounds: int,
+              log_dir: str | None, seed: int, json_path: str | None, keep: str | None) -> None:
+    """`--op in-model`: where a tuned whole model's time goes, kernel by kernel, against the
+    tuner's warm timing of the same kernels."""
+    from tvmc_attend.bench.in_model import in_model_check
+
+    report = in_model_check(source, board, log_dir=log_dir, runs=max(rounds, 5), seed=seed,
+                            progress=lambda m: typer.echo(m, err=True))
+    table = Table(title=f"{report.model} on {report.board} ({report.threads} threads): each "
+                        f"kernel inside the model vs alone warm (the tuner's timing), "
+                        f"{report.date}")
+    for col in ("task", "calls", "warm us", "in model us", "in model / warm"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for row in report.rows:
+        in_model = row["in_model_us"]
+        table.add_row(row["task"][:52], f"{row['calls']:.0f}", f"{row['warm_us']:.1f}",
+                      "-" if in_model is None else f"{in_model:.1f}",
+                      "-" if in_model is None else f"{row['ratio']:.2f}")
+    ms = 1e-3
+    notes = [
+        f"whole model {report.whole_ms:.2f} ms (median of {report.runs}); the tune's estimate "
+        f"(calls x warm time) {report.estimate_us * ms:.2f} ms",
+        f"with every call timed: {report.timed_ms:.2f} ms = kernels "
+        f"{report.kernels_us * ms:.2f} + VM builtins {report.builtins_us * ms:.2f} + between "
+        f"calls {report.timed_ms - (report.kernels_us + report.builtins_us) * ms:.2f} ms, over "
+        f"{report.calls} calls; a no-op instrument alone costs "
+        f"{report.instrument_us_per_call:.1f} us per call ({report.no_op_ms:.2f} ms)"]
+    show_report(report, [table], notes, width=130, json_path=json_path)
+
+
 def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, rounds: int,
                       log_dir: str | None, seed: int, json_path: str | None,
                       keep: str | None) -> None:
@@ -199,6 +229,7 @@ _OPS: dict[str, Callable[..., None]] = {
     "dcac": _dcac,
     "counted-vs-timed": _counted_vs_timed,
     "cache-flush": _cache_flush,
+    "in-model": _in_model,
     "runtime-footprint": _runtime_footprint,
 }
 
@@ -251,7 +282,9 @@ def benchmark_command(
         "fused DC-AC, per AttendNeXt stage and end to end; host only), 'counted-vs-timed' "
         "(how the counted cost of sampled conv schedules ranks against their time here), "
         "'cache-flush' (warm vs cache-flushed kernel timings of a tuned database's best "
-        "records, against their time inside the whole model) or 'runtime-footprint' (the "
+        "records, against their time inside the whole model), 'in-model' (a tuned model's "
+        "time kernel by kernel inside the model vs the tuner's warm timing, VM builtins and "
+        "the time between calls) or 'runtime-footprint' (the "
         "bundle's size by part; a fresh process's start-up with the bundled runtime and "
         "with the installed TVM, --rounds times; other runtimes' installed sizes)."),
     trials: int = typer.Option(64, "--trials", min=1,
