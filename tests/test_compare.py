@@ -18,7 +18,7 @@ from tvmc_attend.bench.compare import (
     run_compare,
 )
 from tvmc_attend.bench.report import RunInfo
-from tvmc_attend.bench.variants import Variant
+from tvmc_attend.bench.variants import Variant, check_and_time
 from tvmc_attend.compiler.verify import DEFAULT_TOLERANCE
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import get_board
@@ -65,6 +65,30 @@ def test_ratios_refer_to_the_baseline_and_json_has_the_documented_keys() -> None
                                          "params": 1.0}
     assert mnv3["tvm"]["throughput_ips"] == pytest.approx(1e3 / 30.0)
     assert mnv3["numerics_ok"] and data["rel_tol"] == DEFAULT_TOLERANCE
+
+
+def test_each_local_turn_starts_with_an_untimed_run() -> None:
+    """The previous runtime's spinning threads are not charged to the next: a local variant
+    runs once, untimed, before its timed runs of each round; a board's variant does not."""
+    calls: list[tuple] = []
+
+    def variant(key: str, local: bool) -> Variant:
+        def run(x: np.ndarray) -> np.ndarray:
+            calls.append((key, "run"))
+            return x
+
+        def time_runs(_x: np.ndarray, n: int) -> list[float]:
+            calls.append((key, "timed", n))
+            return [float(len(calls))] * n
+        return Variant(key, run, time_runs, local=local)
+
+    here, board = variant("tvm_tuned", True), variant("tvm_untuned", False)
+    x = np.zeros(2, np.float32)
+    check_and_time([(here, x, x), (board, x, None)], rounds=2, runs_per_round=3,
+                   progress=lambda _m: None)
+    round_calls = [("tvm_tuned", "run"), ("tvm_tuned", "timed", 3), ("tvm_untuned", "timed", 3)]
+    assert calls == [("tvm_tuned", "run"), ("tvm_untuned", "run"), *round_calls, *round_calls]
+    assert len(here.times_ms) == len(board.times_ms) == 6 and here.max_rel_err == 0.0
 
 
 def test_plot_has_one_labelled_point_per_model(tmp_path) -> None:

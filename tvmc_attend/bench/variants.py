@@ -172,7 +172,13 @@ def check_and_time(items: Sequence[tuple[Variant, np.ndarray, np.ndarray | None]
                    rounds: int, runs_per_round: int,
                    progress: Callable[[str], None] = print) -> None:
     """For each (variant, input, reference): run once (the warm-up) and record the relative
-    error against the reference, then time ``runs_per_round`` runs of every variant per round."""
+    error against the reference, then time ``runs_per_round`` runs of every variant per round.
+
+    Each local variant's turn in a round starts with one untimed run: the runtime before it
+    leaves idle threads spinning after its last call (PyTorch's OpenMP workers, ONNX Runtime's
+    and TVM's pools), which on a 2-core machine made the first timed run of the next runtime
+    up to 2x slower (2026-12-06, AMD EPYC Zen 4: TVM's first run of a round 11.7 ms vs 6.0 ms
+    for the rest, FBNet-C). A program running one runtime never pays that; nor does this."""
     for variant, x, reference in items:
         out = variant.run(x)
         if reference is not None:
@@ -180,5 +186,7 @@ def check_and_time(items: Sequence[tuple[Variant, np.ndarray, np.ndarray | None]
     for r in range(rounds):
         progress(f"timing round {r + 1}/{rounds}")
         for variant, x, _ in items:
+            if variant.local:
+                variant.run(x)  # the settling run: the previous runtime's spinners stop
             with variant.usage.section():
                 variant.times_ms.extend(variant.time_runs(x, runs_per_round))
