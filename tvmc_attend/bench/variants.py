@@ -36,6 +36,11 @@ HOST_ONLY_NOTE = "ONNX Runtime and PyTorch run on this host only: not measured f
 # and the copies in and out included, clocked by perf_counter: what a user's code sees.
 TIMED_BOUNDARY = "numpy in -> numpy out, one call, perf_counter"
 REMOTE_BOUNDARY = "the device's own clock (time_evaluator), input already on the device"
+# After a call, a runtime's idle worker spins on a core (measured 2026-12-06, AMD EPYC Zen 4,
+# 2 threads, AttendNeXt, by the worker's CPU time after the call, defaults of each runtime):
+# TVM's pool 150 ms, ONNX Runtime's 40 ms, PyTorch's OpenMP 9 ms. The next variant settles for
+# longer than the longest before it is timed.
+SETTLE_S = 0.25
 
 
 @dataclass
@@ -174,11 +179,10 @@ def check_and_time(items: Sequence[tuple[Variant, np.ndarray, np.ndarray | None]
     """For each (variant, input, reference): run once (the warm-up) and record the relative
     error against the reference, then time ``runs_per_round`` runs of every variant per round.
 
-    Each local variant's turn in a round starts with one untimed run: the runtime before it
-    leaves idle threads spinning after its last call (PyTorch's OpenMP workers, ONNX Runtime's
-    and TVM's pools), which on a 2-core machine made the first timed run of the next runtime
-    up to 2x slower (2026-12-06, AMD EPYC Zen 4: TVM's first run of a round 11.7 ms vs 6.0 ms
-    for the rest, FBNet-C). A program running one runtime never pays that; nor does this."""
+    Each local variant's turn in a round starts with untimed runs for ``SETTLE_S``: the runtime
+    before it leaves a worker spinning after its last call, which on a 2-core machine slowed
+    the next runtime's timed runs (up to 2x). A program running one runtime never pays that;
+    nor does this."""
     for variant, x, reference in items:
         out = variant.run(x)
         if reference is not None:
@@ -186,7 +190,11 @@ def check_and_time(items: Sequence[tuple[Variant, np.ndarray, np.ndarray | None]
     for r in range(rounds):
         progress(f"timing round {r + 1}/{rounds}")
         for variant, x, _ in items:
-            if variant.local:
-                variant.run(x)  # the settling run: the previous runtime's spinners stop
+            if variant.local:  # settle: the previous runtime's spinning worker stops
+                start = time.perf_counter()
+                while True:
+                    variant.run(x)
+                    if time.perf_counter() - start >= SETTLE_S:
+                        break
             with variant.usage.section():
                 variant.times_ms.extend(variant.time_runs(x, runs_per_round))
