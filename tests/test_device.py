@@ -193,7 +193,6 @@ def test_dead_board_state_is_pruned(tmp_path, monkeypatch):
         emulator.stop("ghost")
 
 
-
 def stop_foreground(proc: subprocess.Popen) -> tuple[str, str]:
     """SIGTERM a foreground command (as `kill` would) and return its output."""
     proc.terminate()

@@ -52,7 +52,6 @@ def stop_cli(proc: subprocess.Popen) -> tuple[str, str]:
     return out, err
 
 
-
 def closed_without_answer(port: int, hello: bytes, source: str = STRANGER) -> bool:
     """Connect from ``source``, send ``hello``: True when the peer closes without a byte."""
     with socket.socket() as sock:

@@ -36,7 +36,6 @@ from tvmc_attend.targets import get_board
 pytestmark = pytest.mark.slow
 
 MODEL, SIZE = "dcac", 16
-SHAPE = (1, 40, SIZE, SIZE)
 TUNE = ("tune", "--model", MODEL, "--input-size", str(SIZE), "--target", "host")
 
 

@@ -33,7 +33,7 @@ from tvmc_attend.threads import tvm_threads
 from tvmc_attend.timestamps import utc_timestamp
 
 from .counted import spearman
-from .in_model import CallTimer, match_kernel, open_tuned
+from .in_model import CallTimer, match_kernel, open_tuned, top_records
 from .report import machine_info
 
 Progress = Callable[[str], None]
@@ -102,12 +102,7 @@ def flush_check(source: ModelSource, board: Board, log_dir: str | None = None,
     register_rules()
     extracted = extract_tasks(prepared, board)
     # each task's best records, read once: the chosen tasks' candidates, the others' best
-    records = {}
-    for task in extracted:
-        mod = task.dispatched[0]
-        if database.has_workload(mod):
-            records[task.task_name] = database.get_top_k(database.commit_workload(mod),
-                                                         candidates)
+    records = top_records(database, extracted, candidates)
     chosen = [(float(task.weight) * float(np.mean([float(s) for s in top[0].run_secs])),
                task, task.dispatched[0], top)
               for task in extracted if len(top := records.get(task.task_name, [])) >= 3]

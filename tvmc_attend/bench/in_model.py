@@ -155,19 +155,26 @@ def open_tuned(source: ModelSource, board: Board, log_dir: str | None,
     return db_dir, prepared, db_dir.open(board, source.name, lowering=prepared.lowering)
 
 
+def top_records(database: Any, tasks: list[Any], k: int) -> dict[str, list[Any]]:
+    """Per task name: the database's ``k`` best records of its workload (a task the database
+    has no workload for is left out)."""
+    return {task.task_name: database.get_top_k(database.commit_workload(task.dispatched[0]), k)
+            for task in tasks if database.has_workload(task.dispatched[0])}
+
+
 def in_model_check(source: ModelSource, board: Board, log_dir: str | None = None,
                    runs: int = 30, seed: int = 0, progress: Progress = print) -> InModelReport:
     """Build ``source`` with its tuning database for this host and split its time (see the
     module docstring)."""
     db_dir, prepared, database = open_tuned(source, board, log_dir, "in-model")
+    tasks = extract_tasks(prepared, board)
+    best = top_records(database, tasks, 1)
     warm: dict[str, tuple[float, float]] = {}  # task -> (calls, warm us of its best record)
-    for task in extract_tasks(prepared, board):
-        mod = task.dispatched[0]
-        if database.has_workload(mod):
-            top = database.get_top_k(database.commit_workload(mod), 1)
-            secs = measured_secs(top[0]) if top else None
-            if secs:
-                warm[task.task_name] = (float(task.weight), 1e6 * float(np.mean(secs)))
+    for task in tasks:
+        top = best.get(task.task_name)
+        secs = measured_secs(top[0]) if top else None
+        if secs:
+            warm[task.task_name] = (float(task.weight), 1e6 * float(np.mean(secs)))
     progress(f"building {source.name} with {db_dir.path} ...")
     executable = build_scheduled(schedule_module(prepared.mod, board, database),
                                  board.tvm_target())
