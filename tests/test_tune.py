@@ -157,6 +157,13 @@ def test_in_model_splits_the_whole_model_time(tuned, tmp_path) -> None:
     assert 0 < inside_calls < 1e3 * data["timed_instrument_ms"]
     assert data["vm_calls"] >= len(data["rows"]) and data["whole_ms"] > 0
     assert "whole model" in result.stdout and "between calls" in result.stdout
+    versus = data["versus_onnxruntime"]  # the same model in ONNX Runtime, node by node
+    assert versus["onnxruntime_whole_ms"] > 0 and versus["tvm_layers_us"] > 0
+    kinds = {row["kind"] for row in versus["by_kind"]}
+    assert "conv dense 3x3" in kinds and "VM builtins" in kinds, kinds
+    assert len(versus["tvm_calls"]) == data["vm_calls"]
+    assert "per kind of layer" in result.stdout and versus["conv_match"] in " ".join(
+        result.stdout.split())
 
 
 def test_untuned_flag_ignores_the_database(tuned, tmp_path) -> None:

@@ -14,11 +14,15 @@ database's best record per task) and runs it three ways, interleaved round by ro
 Whole time = kernels + VM builtins + the gaps between calls (VM dispatch, and the
 instrument's cost in the instrumented runs). TVM 0.27's Relax VM has no profiler: the
 instrument (a Python callback before and after each call) is the one way in.
+
+Then ONNX Runtime runs the same model with its profiler, and each side's calls are set beside
+the other's by kind of layer (``versus_onnxruntime.py``): which layers TVM loses on.
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +41,8 @@ from tvmc_attend.threads import tvm_threads
 from tvmc_attend.timestamps import utc_timestamp
 
 from .report import machine_info
+from .variants import SETTLE_S, onnx_file
+from .versus_onnxruntime import Versus, onnxruntime_layers
 
 Progress = Callable[[str], None]
 BUILTIN_PREFIX = "vm.builtin."
@@ -66,17 +72,30 @@ class CallTimer:
         self.data = tvm.runtime.tensor(x)
         self.vm["main"](self.data)  # first-run costs (page faults, pool start) are nobody's
         self._started: dict[str, float] = {}
-        self._run: dict[str, list[float]] = {}
+        self._run: list[tuple[str, float]] = []  # (callee, seconds) of the current run
         self._samples: dict[str, list[float]] = {}
         self._calls: dict[str, int] = {}
+        self._order: list[str] = []  # the callees of one run, in call order
+        self._at: list[list[float]] = []  # per position in that order: seconds, per run
+        self._out_hw: dict[int, tuple[int, int]] = {}  # position -> a 4/5-d output's (H, W)
 
     def _timing(self, _func: Any, name: str, before_run: bool, _ret: Any, *_args: Any) -> int:
         now = time.perf_counter()
         if before_run:
             self._started[name] = now
         else:
-            self._run.setdefault(name, []).append(now - self._started[name])
+            self._run.append((name, now - self._started[name]))
         return 0  # VMInstrumentReturnKind.NO_OP: run the call
+
+    def _shapes(self, _func: Any, name: str, before_run: bool, _ret: Any, *args: Any) -> int:
+        """Record each kernel's output (its last argument: destination passing) height and
+        width; an untimed run, since reading shapes costs more than the smaller kernels."""
+        if not before_run:
+            shape = getattr(args[-1], "shape", ()) if args else ()
+            if len(shape) in (4, 5) and not name.startswith(BUILTIN_PREFIX):
+                self._out_hw[len(self._run)] = (int(shape[2]), int(shape[3]))
+            self._run.append((name, 0.0))
+        return 0
 
     @staticmethod
     def _no_op(*_args: Any) -> int:
@@ -91,10 +110,33 @@ class CallTimer:
         self.vm["main"](self.data)
         elapsed = time.perf_counter() - start
         self.vm.set_instrument(None)
-        for name, durations in self._run.items():
+        if instrument == "timing":
+            self._record_run()
+        return 1e3 * elapsed
+
+    def _record_run(self) -> None:
+        per_name: dict[str, list[float]] = {}
+        for name, secs in self._run:
+            per_name.setdefault(name, []).append(secs)
+        for name, durations in per_name.items():
             self._samples.setdefault(name, []).append(1e6 * sum(durations) / len(durations))
             self._calls[name] = len(durations)
-        return 1e3 * elapsed
+        order = [name for name, _ in self._run]
+        if not self._order:
+            self._order, self._at = order, [[] for _ in order]
+        if order == self._order:  # the VM runs a static model's calls in one order
+            for samples, (_, secs) in zip(self._at, self._run, strict=True):
+                samples.append(secs)
+
+    def call_sequence(self) -> list[tuple[str, float, tuple[int, int] | None]]:
+        """One run's calls in order: (callee, median us at that position, output (H, W) of
+        a kernel writing a 4-d or blocked 5-d tensor)."""
+        self.vm.set_instrument(self._shapes)
+        self._run.clear()
+        self.vm["main"](self.data)
+        self.vm.set_instrument(None)
+        return [(name, 1e6 * statistics.median(secs), self._out_hw.get(i))
+                for i, (name, secs) in enumerate(zip(self._order, self._at, strict=True))]
 
     def call_times(self) -> CallTimes:
         """What the timing runs so far saw: calls per run and median us per call."""
@@ -125,6 +167,7 @@ class InModelReport:
     builtins_us: float  # the same for the VM's builtins (allocation, shape checks)
     estimate_us: float  # the tune's estimate: calls x warm time of each task's best record
     rows: list[dict[str, Any]]  # per task: calls, warm us, in-model us, ratio
+    versus: Versus | None = None  # ONNX Runtime node by node, when it can run the model
     date: str = field(default_factory=utc_timestamp)
 
     @property
@@ -137,8 +180,9 @@ class InModelReport:
                 "no_op_instrument_ms": self.no_op_ms, "timed_instrument_ms": self.timed_ms,
                 "vm_calls": self.calls, "instrument_us_per_call": self.instrument_us_per_call,
                 "kernels_in_model_us": self.kernels_us, "builtins_us": self.builtins_us,
-                "tune_estimate_us": self.estimate_us, "rows": self.rows, "date": self.date,
-                "machine": machine_info()}
+                "tune_estimate_us": self.estimate_us, "rows": self.rows,
+                "versus_onnxruntime": self.versus.as_json() if self.versus else None,
+                "date": self.date, "machine": machine_info()}
 
 
 def open_tuned(source: ModelSource, board: Board, log_dir: str | None,
@@ -178,8 +222,9 @@ def in_model_check(source: ModelSource, board: Board, log_dir: str | None = None
     progress(f"building {source.name} with {db_dir.path} ...")
     executable = build_scheduled(schedule_module(prepared.mod, board, database),
                                  board.tvm_target())
-    x = np.random.default_rng(seed).standard_normal(prepared.imported.input_shape)
-    timer = CallTimer(executable, x.astype(np.float32))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(prepared.imported.input_shape).astype(np.float32)
+    timer = CallTimer(executable, x)
     for _ in range(5):
         timer.run_ms()  # warm-up
     progress(f"{runs} rounds: plain, no-op instrument, timing instrument ...")
@@ -189,6 +234,14 @@ def in_model_check(source: ModelSource, board: Board, log_dir: str | None = None
         no_op.append(timer.run_ms("no-op"))
         timed.append(timer.run_ms("timing"))
     times = timer.call_times()
+    versus = None
+    with tempfile.TemporaryDirectory(prefix="tvmc-attend-in-model-") as work_dir:
+        onnx_path = onnx_file(prepared.imported, x, work_dir)
+        if onnx_path is not None:
+            progress("ONNX Runtime node by node (its profiler) ...")
+            time.sleep(SETTLE_S)  # TVM's pool stops spinning first
+            layers, ort_ms = onnxruntime_layers(onnx_path, x, tvm_threads(), runs, work_dir)
+            versus = Versus.of(timer.call_sequence(), layers, ort_ms)
     kernels = [n for n in times.calls if not n.startswith(BUILTIN_PREFIX)]
     rows = []
     for task, (calls, warm_us) in sorted(warm.items(), key=lambda kv: -kv[1][0] * kv[1][1]):
@@ -202,4 +255,4 @@ def in_model_check(source: ModelSource, board: Board, log_dir: str | None = None
         timed_ms=statistics.median(timed), calls=sum(times.calls.values()),
         kernels_us=times.total_us(kernels),
         builtins_us=times.total_us([n for n in times.calls if n.startswith(BUILTIN_PREFIX)]),
-        estimate_us=sum(c * w for c, w in warm.values()), rows=rows)
+        estimate_us=sum(c * w for c, w in warm.values()), rows=rows, versus=versus)

@@ -156,17 +156,25 @@ def torch_variant(module: Any, threads: int) -> Variant:
     return Variant("torch", run, _timed(run), threads=threads)
 
 
+def onnx_file(imported: ImportedModel, x: np.ndarray, work_dir: str) -> str | None:
+    """The model as ONNX Runtime runs it: its own .onnx file, or one exported from its PyTorch
+    module into ``work_dir``; None for a model with neither."""
+    import torch
+
+    if imported.source == ".onnx":
+        return imported.path
+    if imported.torch_module is None:
+        return None
+    return export_onnx(imported.torch_module, torch.from_numpy(x),
+                       os.path.join(work_dir, f"{imported.name}.onnx"))
+
+
 def baseline_variants(imported: ImportedModel, x: np.ndarray, threads: int,
                       work_dir: str) -> list[Variant]:
     """The frameworks ``imported`` is compared with, on this host at ``threads``: ONNX Runtime
     on the model's own .onnx file (or one exported from its PyTorch module into ``work_dir``),
     and PyTorch eager when there is a PyTorch module."""
-    import torch
-
-    onnx_path = imported.path if imported.source == ".onnx" else None
-    if onnx_path is None and imported.torch_module is not None:
-        onnx_path = export_onnx(imported.torch_module, torch.from_numpy(x),
-                                os.path.join(work_dir, f"{imported.name}.onnx"))
+    onnx_path = onnx_file(imported, x, work_dir)
     variants = [onnxruntime_variant(onnx_path, threads)] if onnx_path else []
     if imported.torch_module is not None:
         variants.append(torch_variant(imported.torch_module, threads))

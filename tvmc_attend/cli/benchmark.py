@@ -16,6 +16,7 @@ from .report import show_report
 if TYPE_CHECKING:
     from tvmc_attend.bench.benchmark import BenchmarkReport
     from tvmc_attend.bench.op_benchmark import DCACReport
+    from tvmc_attend.bench.versus_onnxruntime import Versus
     from tvmc_attend.compiler.frontend import ModelSource
     from tvmc_attend.targets import Board
 
@@ -137,6 +138,9 @@ def _in_model(board: Board, source: ModelSource, trials: int, rounds: int,
         table.add_row(row["task"][:52], f"{row['calls']:.0f}", f"{row['warm_us']:.1f}",
                       "-" if in_model is None else f"{in_model:.1f}",
                       "-" if in_model is None else f"{row['ratio']:.2f}")
+    tables = [table]
+    if report.versus is not None:
+        tables += _versus_tables(report.versus)
     ms = 1e-3
     notes = [
         f"whole model {report.whole_ms:.2f} ms (median of {report.runs}); the tune's estimate "
@@ -146,7 +150,40 @@ def _in_model(board: Board, source: ModelSource, trials: int, rounds: int,
         f"calls {report.timed_ms - (report.kernels_us + report.builtins_us) * ms:.2f} ms, over "
         f"{report.calls} calls; a no-op instrument alone costs "
         f"{report.instrument_us_per_call:.1f} us per call ({report.no_op_ms:.2f} ms)"]
-    show_report(report, [table], notes, width=130, json_path=json_path)
+    if report.versus is not None:
+        versus = report.versus.as_json()
+        notes.append(f"ONNX Runtime whole model {versus['onnxruntime_whole_ms']:.2f} ms without "
+                     f"its profiler; its nodes sum to {versus['onnxruntime_nodes_us'] * ms:.2f}"
+                     f" ms, TVM's calls to {versus['tvm_layers_us'] * ms:.2f} ms; "
+                     f"convolutions {versus['conv_match']}")
+    else:
+        notes.append("ONNX Runtime not compared: the model has no .onnx file or PyTorch module")
+    show_report(report, tables, notes, width=130, json_path=json_path)
+
+
+def _versus_tables(versus: Versus) -> list[Table]:
+    """`--op in-model`'s comparison with ONNX Runtime: per kind of layer, then the matched
+    convolutions TVM loses most on."""
+    by_kind = Table(title="per kind of layer, inside the whole model: TVM calls vs ONNX "
+                          "Runtime nodes (summed medians; ORT/TVM > 1: TVM faster)")
+    for col in ("kind", "TVM calls", "TVM us", "ORT nodes", "ORT us", "ORT/TVM"):
+        by_kind.add_column(col, justify="left" if col == "kind" else "right")
+    for row in versus.by_kind():
+        ratio = (f"{row['onnxruntime_us'] / row['tvm_us']:.2f}"
+                 if row["tvm_us"] and row["onnxruntime_us"] else "-")
+        by_kind.add_row(row["kind"], str(row["tvm_layers"]), f"{row['tvm_us']:.0f}",
+                        str(row["onnxruntime_layers"]), f"{row['onnxruntime_us']:.0f}", ratio)
+    pairs = versus.conv_pairs()
+    if not versus.pairs:
+        return [by_kind]
+    worst = Table(title="the convolutions TVM loses most time on (matched in graph order)")
+    for col in ("#", "kind", "out HxW", "TVM kernel", "TVM us", "ORT us", "ORT/TVM"):
+        worst.add_column(col, justify="left" if col in ("kind", "TVM kernel") else "right")
+    for pair in pairs[:10]:
+        worst.add_row(str(pair["position"]), pair["kind"], "x".join(map(str, pair["out_hw"])),
+                      pair["tvm"][:44], f"{pair['tvm_us']:.1f}", f"{pair['onnxruntime_us']:.1f}",
+                      f"{pair['onnxruntime_us'] / pair['tvm_us']:.2f}")
+    return [by_kind, worst]
 
 
 def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, rounds: int,
