@@ -62,9 +62,21 @@ class BlockedConv:
         return self.out_layout.channels // self.groups
 
     @property
+    def lane_to_lane(self) -> bool:
+        """A depthwise conv whose input and output share one blocked layout: output position
+        p reads input position p, pads included (finite values weighed by zero). The general
+        index maps a pad lane to a real channel (``ChannelLayout.source``, a ``min``), which
+        turns every input load into a gather when the channels are not whole blocks (72 on
+        AVX-512: 4-5x slower, measured in MobileNetV3-L)."""
+        return (self.in_layout.blocked and self.in_layout == self.out_layout
+                and self.in_per_group == 1 and self.out_per_group == 1)
+
+    @property
     def reduce_per_group(self) -> int:
         """Input positions one group reduces over (see the module docstring)."""
         il = self.in_layout
+        if self.lane_to_lane:
+            return 1
         if not il.blocked:
             return self.in_per_group
         if self.groups == 1:
@@ -143,6 +155,9 @@ def blocked_conv_compute(conv: BlockedConv, data: Any, weight: Any, registers: i
     def body(b: Any, cb: Any, y: Any, x: Any, ci: Any) -> Any:
         group = ol.source(cb * ob + ci) // opg
         yy, xx = y * sh + ry, x * sw + rx
+        if conv.lane_to_lane:
+            return te.sum(src[b, cb, yy, xx, ci] * weight[cb, rc, ry, rx, ci],
+                          axis=[rc, ry, rx])
         if il.blocked:
             q = group * span + rc
             value = src[b, q // il.block, yy, xx, q % il.block]

@@ -104,6 +104,8 @@ FAST_CONVS = [
     (3, 32, 1, 23, 17, 3, 2, L(3), L(32, 16)),  # the stem: NCHW in, blocked out
     (84, 176, 4, 11, 6, 3, 2, L(84, 8, 4), L(176, 16, 4)),  # block 8 in, 16 out, stride 2
     (24, 24, 24, 13, 13, 3, 1, L(24, 8), L(24, 8)),  # depthwise
+    (72, 72, 72, 9, 14, 3, 1, L(72, 16), L(72, 16)),  # depthwise, pads at the end
+    (44, 44, 44, 7, 5, 5, 2, L(44, 16, 4), L(44, 16, 4)),  # depthwise, pads per group
     (12, 12, 4, 1, 1, 3, 1, L(12, 4, 4), L(12, 4, 4)),  # 1x1 map, NEON-size blocks
 ]
 FULL_CONVS = FAST_CONVS + [
@@ -127,6 +129,21 @@ def test_blocked_conv_default_and_sampled_schedules(case) -> None:
 @pytest.mark.parametrize("case", FULL_CONVS, ids=str)
 def test_blocked_conv_full_sweep(case) -> None:
     _check_conv(*case, samples=20)
+
+
+def test_depthwise_conv_reads_its_input_lane_by_lane() -> None:
+    """A depthwise conv on channels that are not whole blocks indexes its input as its output
+    (an affine index: vector loads), not through the pad-to-real-channel map (a ``min``
+    per lane: a gather)."""
+    from tvm import te
+
+    for layout in (L(72, 16), L(44, 16, 4)):
+        conv = BlockedConv(1, 9, 14, layout, layout, layout.channels, (3, 3), (1, 1), (1,) * 4)
+        data = te.placeholder(layout.shape(1, 9, 14), name="d")
+        weight = te.placeholder(conv.weight_shape(), name="w")
+        out = blocked_conv_compute(conv, data, weight, registers=32)
+        script = te.create_prim_func([data, weight, out]).script()
+        assert conv.lane_to_lane and "T.min" not in script, layout
 
 
 def test_channel_layout_packs_and_unpacks() -> None:
