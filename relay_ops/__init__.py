@@ -10,6 +10,7 @@ from .blocked_conv import BlockedConv, blocked_conv_compute
 from .blocked_layout import BlockedLayout
 from .channel_layout import ChannelLayout
 from .dcac_op import DCACSpec, dcac_compute, dcac_prim_func
+from .dense_as_conv import DenseAsConv
 from .fast_math import FAST_MATH_LEGALIZATION, fast_exp, fast_sigmoid, fast_silu
 from .fold_batchnorm import FoldBatchNorm
 from .fold_small_constants import FoldSmallConstants
@@ -22,6 +23,7 @@ __all__ = [
     "BlockedLayout",
     "ChannelLayout",
     "DCACSpec",
+    "DenseAsConv",
     "FixTorchNearestResize",
     "FoldBatchNorm",
     "FoldSmallConstants",

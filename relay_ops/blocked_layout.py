@@ -11,6 +11,7 @@ stays NCHW: tuned NCHW kernels measured 2x faster there). Then:
   at compile time), reading its input's layout (NCHW for the stem) and writing its output's;
 - element-wise ops, pools and H/W means run on the blocked tensors; per-channel constants
   (biases, scales) are packed at compile time;
+- a classifier (matmul by constant weights) is first made a 1x1 conv (``DenseAsConv``);
 - anything else (reshape, matmul, the fused DC-AC operator, the function's result) gets its
   input unpacked to NCHW first: those ``unpack``/``pack`` ops are the layout transforms the
   pass reports (``transforms``).
@@ -29,6 +30,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .blocked_conv import OP_PATTERN_OUT_ELEMWISE_FUSABLE, BlockedConv, blocked_conv_compute
 from .channel_layout import ChannelLayout
+from .dense_as_conv import DenseAsConv
 from .exprs import op_name, static_shape, tensor_constant
 
 # Ops that work channel by channel, so their inputs and output share a layout.
@@ -306,6 +308,9 @@ class BlockedLayout:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext,
                          ) -> tvm.IRModule:
+        # A classifier streams its weights best as a blocked conv: made one where it blocks.
+        mod = DenseAsConv(lambda outputs: choose_layout(
+            _Constraints(outputs, convs=1), self.blocks, self.max_padding) is not None)(mod)
         func = mod["main"]
         layouts = assign_layouts(func, self.blocks, self.max_padding)
         rewriter = _Rewriter(mod, layouts, self.registers)

@@ -26,6 +26,7 @@ from helpers import (
     cli_here,
     inputs,
     onnx_reference,
+    op_names,
     output,
     rel_err,
     run_cli,
@@ -226,7 +227,49 @@ def test_layouts_keep_the_numerics(layout, size, tmp_path) -> None:
     torch.export.save(torch.export.export(module, (torch.from_numpy(xs[0]),)), str(path))
     prepared = prepare_model(ModelSource(str(path)), layout=layout, board=HOST)
     if layout == "blocked":
-        assert prepared.layout.blocked_convs == 8
+        assert prepared.layout.blocked_convs == 8  # not the 10-class head: 16 pads too much
+    for out, ref in zip(_build_and_run(prepared, xs), refs, strict=True):
+        assert rel_err(out, ref) < RTOL
+
+
+class Heads(nn.Module):
+    """A classifier on a pooled map (flatten, Linear with bias, 32 classes), a bias-free
+    5-class Linear after it, and a Linear over a sequence (3-d: a transformer's projection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 20, 3)
+        self.classifier, self.plain = nn.Linear(20, 32), nn.Linear(32, 5, bias=False)
+        self.tokens = nn.Linear(20, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        logits = self.plain(self.classifier(torch.flatten(y.mean((2, 3), keepdim=True), 1)))
+        seq = self.tokens(y.flatten(2).transpose(1, 2))  # (N, HW, 9)
+        return torch.cat([logits, seq.mean(1)], dim=1)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dense_as_conv_rewrites_classifiers_only(batch, tmp_path) -> None:
+    """2-d matmuls by constant weights become 1x1 convs, the 3-d one stays a matmul; in the
+    blocked layout only the 32-class one (5 classes would pad to 8: left a matmul);
+    numerics match PyTorch."""
+    from tvmc_attend.compiler.frontend import ModelSource, import_model
+    from tvmc_attend.compiler.prepare import prepare
+    from tvmc_attend.relay_ops import DenseAsConv
+
+    module = Heads().eval()
+    xs = inputs((batch, 3, 9, 6))
+    refs = assert_depends_on_input(module, xs)
+    path = tmp_path / "heads.pt2"
+    torch.export.save(torch.export.export(module, (torch.from_numpy(xs[0]),)), str(path))
+    imported = import_model(ModelSource(str(path)))
+    rewrite = DenseAsConv()
+    mod = rewrite(imported.mod)
+    assert rewrite.rewritten == 2 and {"relax.matmul", "relax.nn.conv2d"} <= op_names(mod)
+    prepared = prepare(imported, layout="blocked", board=HOST)
+    assert prepared.layout.blocked_convs == 2, prepared.layout
     for out, ref in zip(_build_and_run(prepared, xs), refs, strict=True):
         assert rel_err(out, ref) < RTOL
 
