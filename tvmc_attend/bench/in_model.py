@@ -89,11 +89,13 @@ class CallTimer:
 
     def _shapes(self, _func: Any, name: str, before_run: bool, _ret: Any, *args: Any) -> int:
         """Record each kernel's output (its last argument: destination passing) height and
-        width; an untimed run, since reading shapes costs more than the smaller kernels."""
+        width, (1, 1) for a 2-d one; an untimed run (reading shapes costs more than the
+        smaller kernels)."""
         if not before_run:
             shape = getattr(args[-1], "shape", ()) if args else ()
-            if len(shape) in (4, 5) and not name.startswith(BUILTIN_PREFIX):
-                self._out_hw[len(self._run)] = (int(shape[2]), int(shape[3]))
+            if not name.startswith(BUILTIN_PREFIX) and len(shape) in (2, 4, 5):
+                self._out_hw[len(self._run)] = \
+                    (1, 1) if len(shape) == 2 else (int(shape[2]), int(shape[3]))
             self._run.append((name, 0.0))
         return 0
 
@@ -130,7 +132,7 @@ class CallTimer:
 
     def call_sequence(self) -> list[tuple[str, float, tuple[int, int] | None]]:
         """One run's calls in order: (callee, median us at that position, output (H, W) of
-        a kernel writing a 4-d or blocked 5-d tensor)."""
+        a kernel writing a 4-d or blocked 5-d tensor, (1, 1) for a 2-d one)."""
         self.vm.set_instrument(self._shapes)
         self._run.clear()
         self.vm["main"](self.data)

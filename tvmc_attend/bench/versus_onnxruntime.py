@@ -30,11 +30,13 @@ from .variants import SETTLE_S
 # Layer kinds by name pattern, first match wins (TVM kernel names carry the fused ops' names;
 # ONNX Runtime's carry the op type). Convolutions are split further by ``conv_kind``.
 CONV = "conv"
+MATMUL = "matmul"
+CLASSIFIER = "classifier (2-d matmul)"
 TVM_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("VM builtins", ("vm.builtin.",)),
     (CONV, ("conv2d",)),
     ("fused DC-AC", ("dcac",)),
-    ("matmul", ("matmul", "dense")),
+    (MATMUL, ("matmul", "dense")),
     ("softmax", ("softmax",)),
     ("pool / mean", ("mean", "pool")),
     ("layout / copy", ("layout_transform", "transpose", "reshape", "concat", "split",
@@ -42,7 +44,7 @@ TVM_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 ONNXRUNTIME_KINDS: dict[str, str] = {
     **dict.fromkeys(("Conv", "FusedConv", "NhwcFusedConv", "QLinearConv"), CONV),
-    **dict.fromkeys(("MatMul", "Gemm", "FusedMatMul", "FusedGemm"), "matmul"),
+    **dict.fromkeys(("MatMul", "Gemm", "FusedMatMul", "FusedGemm"), MATMUL),
     "Softmax": "softmax",
     **dict.fromkeys(("GlobalAveragePool", "AveragePool", "MaxPool", "GlobalMaxPool",
                      "ReduceMean", "ReduceMax", "ReduceSum"), "pool / mean"),
@@ -135,14 +137,20 @@ def onnxruntime_layers(onnx_path: str, x: np.ndarray, threads: int, runs: int,
             if kind == CONV:  # classed by its weights
                 out_hw = tuple(_shape(args["output_type_shape"][0])[2:4])
                 kind = conv_kind(_shape(args["input_type_shape"][1]), out_hw)
+            elif kind == MATMUL and len(_shape(args["input_type_shape"][0])) == 2:
+                kind, out_hw = CLASSIFIER, (1, 1)
             nodes[name] = Layer(name, kind, 0.0, out_hw)
     for name, layer in nodes.items():
         layer.us = statistics.median(per_node[name])
     return list(nodes.values()), statistics.median(whole)
 
 
-def is_conv(layer: Layer) -> bool:
-    return layer.kind.startswith(CONV)
+def in_sequence(layer: Layer) -> bool:
+    """Convolutions and classifiers: one kernel or node each in both runtimes, in graph
+    order (TVM may run a classifier as a conv, ``DenseAsConv``). A layer's ``out_hw`` is set
+    for these only ((1, 1) for a 2-d output)."""
+    return layer.out_hw is not None and (layer.kind.startswith(CONV) or
+                                         layer.kind in (MATMUL, CLASSIFIER))
 
 
 @dataclass
@@ -162,21 +170,22 @@ class Versus:
         """TVM's ``calls`` of one run (callee, us, output size) as layers beside ONNX
         Runtime's, each TVM convolution classed by its ONNX Runtime twin when they match."""
         layers = [Layer(name, tvm_kind(name), us, out_hw) for name, us, out_hw in calls]
-        ours = [layer for layer in layers if is_conv(layer)]
-        theirs = [layer for layer in onnxruntime if is_conv(layer)]
+        ours = [layer for layer in layers if in_sequence(layer)]
+        theirs = [layer for layer in onnxruntime if in_sequence(layer)]
         # A conv on a 1x1 map (a squeeze-excite gate) may write a whole map in TVM: the
         # multiply by the gate is fused into it, where ONNX Runtime runs a node of its own.
+        # (A classifier's (1, 1) matches TVM's 1x1 conv or 2-d matmul alike.)
         differ = (sum(a.out_hw != b.out_hw and b.out_hw != (1, 1)
                       for a, b in zip(ours, theirs, strict=True))
                   if len(ours) == len(theirs) else None)
         if differ is None:
-            match = (f"not matched: TVM runs {len(ours)} convolution kernels, ONNX Runtime "
-                     f"{len(theirs)} convolution nodes")
+            match = (f"not matched: TVM runs {len(ours)} convolution and classifier kernels, "
+                     f"ONNX Runtime {len(theirs)} such nodes")
         elif differ:
             match = f"not matched: {differ} convolutions' output sizes differ in order"
         else:
-            match = (f"matched: {len(ours)} convolutions one to one by graph order, output "
-                     "sizes agree")
+            match = (f"matched: {len(ours)} convolutions and classifiers one to one by graph "
+                     "order, output sizes agree")
             for a, b in zip(ours, theirs, strict=True):
                 a.kind = b.kind
         pairs = list(zip(ours, theirs, strict=True)) if differ == 0 else []
