@@ -234,7 +234,8 @@ def test_layouts_keep_the_numerics(layout, size, tmp_path) -> None:
 
 class Heads(nn.Module):
     """A classifier on a pooled map (flatten, Linear with bias, 32 classes), a bias-free
-    5-class Linear after it, and a Linear over a sequence (3-d: a transformer's projection)."""
+    5-class Linear after it, and a Linear over a sequence (a transformer's projection), 3-d
+    and flattened to 2-d (28 rows per image)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -247,12 +248,14 @@ class Heads(nn.Module):
         y = self.conv(x)
         logits = self.plain(self.classifier(torch.flatten(y.mean((2, 3), keepdim=True), 1)))
         seq = self.tokens(y.flatten(2).transpose(1, 2))  # (N, HW, 9)
-        return torch.cat([logits, seq.mean(1)], dim=1)
+        rows = self.tokens(y.flatten(2).transpose(1, 2).reshape(-1, 20))  # (N * HW, 9)
+        return torch.cat([logits, seq.mean(1), rows.reshape(seq.shape).sum(1)], dim=1)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dense_as_conv_rewrites_classifiers_only(batch, tmp_path) -> None:
-    """2-d matmuls by constant weights become 1x1 convs, the 3-d one stays a matmul; in the
+    """2-d matmuls of a few rows by constant weights become 1x1 convs, the token projections
+    stay matmuls; in the
     blocked layout only the 32-class one (5 classes would pad to 8: left a matmul);
     numerics match PyTorch."""
     from tvmc_attend.compiler.frontend import ModelSource, import_model
