@@ -32,12 +32,13 @@ def legalize_and_fuse(mod: Any, board: Any) -> Any:
     from tvm import relax
     from tvm.relax import pipeline
 
-    from tvmc_attend.relay_ops import FAST_MATH_LEGALIZATION
+    from tvmc_attend.relay_ops import FAST_MATH_LEGALIZATION, StableVarNames
 
     target = board.tvm_target()
     with target:
         # one pass at a time, so that a failure names the pass (compile/stages.py)
         mod = run_passes([
+            StableVarNames(),  # kernels' block names must not depend on var numbering
             *pipeline.library_dispatch_passes(target),
             relax.transform.LegalizeOps(customize_legalize_map=FAST_MATH_LEGALIZATION),
             relax.transform.AnnotateTIROpPattern(),

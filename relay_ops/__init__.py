@@ -16,6 +16,7 @@ from .fold_batchnorm import FoldBatchNorm
 from .fold_small_constants import FoldSmallConstants
 from .fuse_dcac import FuseDCAC
 from .nearest_resize import FixTorchNearestResize
+from .stable_names import StableVarNames
 
 __all__ = [
     "FAST_MATH_LEGALIZATION",
@@ -28,6 +29,7 @@ __all__ = [
     "FoldBatchNorm",
     "FoldSmallConstants",
     "FuseDCAC",
+    "StableVarNames",
     "blocked_conv_compute",
     "dcac_compute",
     "dcac_prim_func",

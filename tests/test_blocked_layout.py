@@ -277,6 +277,29 @@ def test_dense_as_conv_rewrites_classifiers_only(batch, tmp_path) -> None:
         assert rel_err(out, ref) < RTOL
 
 
+def test_kernel_block_names_do_not_carry_var_numbers(tmp_path) -> None:
+    """A tuning record finds its blocks by name: a mean's reduction block is ``lv_red``, not
+    ``lv35_red`` (which moves whenever a rewrite renumbers the graph's vars)."""
+    import re
+
+    import tvm
+
+    from tvmc_attend.compiler.frontend import ModelSource, import_model
+    from tvmc_attend.compiler.lowering import legalize_and_fuse
+    from tvmc_attend.compiler.prepare import prepare
+
+    path = tmp_path / "heads.pt2"
+    xs = inputs((1, 3, 9, 6), n=1)
+    torch.export.save(torch.export.export(Heads().eval(), (torch.from_numpy(xs[0]),)),
+                      str(path))
+    prepared = prepare(import_model(ModelSource(str(path))), layout="blocked", board=HOST)
+    scripts = [func.script() for _, func in legalize_and_fuse(prepared.mod, HOST)
+               .functions_items() if isinstance(func, tvm.tirx.PrimFunc)]
+    blocks = {name for text in scripts for name in re.findall(r'sblock\("([^"]+)"', text)}
+    assert "lv_red" in blocks, sorted(blocks)
+    assert not [b for b in blocks if re.match(r"[lg]v\d+_", b)], sorted(blocks)
+
+
 def test_blocked_layout_report_and_isa_blocks() -> None:
     """AttendNeXt-S on the host and on a NEON board: blocks follow the vector width."""
     from tvmc_attend.compiler.frontend import ModelSource
