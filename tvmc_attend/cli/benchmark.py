@@ -123,7 +123,7 @@ def _cache_flush(board: Board, source: ModelSource, candidates: int, rounds: int
 def _in_model(board: Board, source: ModelSource, trials: int, rounds: int,
               log_dir: str | None, seed: int, json_path: str | None, keep: str | None) -> None:
     """`--op in-model`: where a tuned whole model's time goes, kernel by kernel, against the
-    tuner's warm timing of the same kernels."""
+    tuner's warm timing of the same kernels, and layer by layer against ONNX Runtime."""
     from tvmc_attend.bench.in_model import in_model_check
 
     report = in_model_check(source, board, log_dir=log_dir, runs=max(rounds, 5), seed=seed,
@@ -321,9 +321,10 @@ def benchmark_command(
         "'cache-flush' (warm vs cache-flushed kernel timings of a tuned database's best "
         "records, against their time inside the whole model), 'in-model' (a tuned model's "
         "time kernel by kernel inside the model vs the tuner's warm timing, VM builtins and "
-        "the time between calls) or 'runtime-footprint' (the "
-        "bundle's size by part; a fresh process's start-up with the bundled runtime and "
-        "with the installed TVM, --rounds times; other runtimes' installed sizes)."),
+        "the time between calls, then layer by layer against ONNX Runtime's profile) or "
+        "'runtime-footprint' (the bundle's size by part; a fresh process's start-up with "
+        "the bundled runtime and with the installed TVM, --rounds times; other runtimes' "
+        "installed sizes)."),
     trials: int = typer.Option(64, "--trials", min=1,
                                help="With --op dcac: tuning trials for each block variant; "
                                     "with --op counted-vs-timed: candidates per conv task; "
