@@ -153,11 +153,11 @@ def blocked_conv_compute(conv: BlockedConv, data: Any, weight: Any, registers: i
     ob, opg, cin = ol.block, conv.out_per_group, conv.in_per_group
 
     def body(b: Any, cb: Any, y: Any, x: Any, ci: Any) -> Any:
-        group = ol.source(cb * ob + ci) // opg
         yy, xx = y * sh + ry, x * sw + rx
         if conv.lane_to_lane:
             return te.sum(src[b, cb, yy, xx, ci] * weight[cb, rc, ry, rx, ci],
                           axis=[rc, ry, rx])
+        group = ol.source(cb * ob + ci) // opg
         if il.blocked:
             q = group * span + rc
             value = src[b, q // il.block, yy, xx, q % il.block]

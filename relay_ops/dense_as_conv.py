@@ -26,7 +26,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .exprs import op_name, static_shape, tensor_constant
+from .exprs import mutate_functions, op_name, static_shape, tensor_constant
 
 # A classifier's rows are its batch. Hundreds of rows are a transformer's tokens flattened to
 # 2-d (MobileViT-XS): a GEMM the matmul schedules handle; as N images of 1x1 the blocked conv
@@ -139,12 +139,9 @@ class DenseAsConv:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext,
                          ) -> tvm.IRModule:
-        self.rewritten = 0
-        updated = mod
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter = _DenseToConv(updated, _biased_matmuls(func), self.outputs_ok)
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-                updated = rewriter.builder_.get()
-                self.rewritten += rewriter.rewritten
+        biased = set().union(*(_biased_matmuls(func) for _, func in mod.functions_items()
+                               if isinstance(func, relax.Function)))
+        rewriter = _DenseToConv(mod, biased, self.outputs_ok)
+        updated = mutate_functions(rewriter, mod)
+        self.rewritten = rewriter.rewritten
         return relax.transform.DeadCodeElimination()(updated)

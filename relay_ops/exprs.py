@@ -25,6 +25,15 @@ def static_shape(expr: Any) -> tuple[int, ...] | None:
     return tuple(int(v) for v in values)
 
 
+def mutate_functions(mutator: Any, mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with every Relax function rewritten by ``mutator`` (a ``PyExprMutator`` made
+    over ``mod``): the loop each mutator pass runs."""
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 def tensor_constant(expr: Any) -> np.ndarray | None:
     """The data of a tensor constant (TVM 0.27: ``GenericConst`` holding a Tensor), else None."""
     if isinstance(expr, tvm.ir.expr.GenericConst) and \

@@ -18,6 +18,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .exprs import mutate_functions
+
 Const = tvm.ir.expr.GenericConst
 
 
@@ -83,10 +85,7 @@ class FoldSmallConstants:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext,
                          ) -> tvm.IRModule:
         folder = _Folder(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                folder.builder_.update_func(gvar, folder.visit_expr(func))
-        folded = folder.builder_.get()
+        folded = mutate_functions(folder, mod)
         passes = [relax.transform.CanonicalizeBindings()]
         if folder.left:
             passes.append(relax.transform.FoldConstant())

@@ -19,6 +19,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .exprs import mutate_functions
+
 DATAFLOW_NAME, OUTPUT_NAME = "lv", "gv"
 
 
@@ -41,8 +43,4 @@ class StableVarNames:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext,
                          ) -> tvm.IRModule:
-        renamer = _Renamer(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                renamer.builder_.update_func(gvar, renamer.visit_expr(func))
-        return renamer.builder_.get()
+        return mutate_functions(_Renamer(mod), mod)

@@ -130,14 +130,23 @@ def vm_variant(key: str, executable: Any, number: int) -> Variant:
                    boundary=f"time_evaluator, mean of {number} runs, input in place")
 
 
-def onnxruntime_variant(onnx_path: str, threads: int) -> Variant:
+def onnxruntime_session(onnx_path: str, threads: int, profile_prefix: str | None = None) -> Any:
+    """An ONNX Runtime CPU session at ``threads``, with its profiler on when
+    ``profile_prefix`` (where its JSON goes) is given."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Spinning left at ORT's default (on), as TVM's is: each runtime as its users run it.
-    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_variant(onnx_path: str, threads: int) -> Variant:
+    session = onnxruntime_session(onnx_path, threads)
     name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:

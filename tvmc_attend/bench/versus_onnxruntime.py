@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .variants import SETTLE_S
+from .variants import SETTLE_S, onnxruntime_session, onnxruntime_variant
 
 # Layer kinds by name pattern, first match wins (TVM kernel names carry the fused ops' names;
 # ONNX Runtime's carry the op type). Convolutions are split further by ``conv_kind``.
@@ -88,21 +88,12 @@ def _shape(entry: dict[str, Any]) -> list[int]:
 def onnxruntime_layers(onnx_path: str, x: np.ndarray, threads: int, runs: int,
                        work_dir: str) -> tuple[list[Layer], float]:
     """(every node of one run, in execution order, with its median kernel time; the median
-    whole-run time of a session without the profiler, in ms) for ``onnx_path`` at ``threads``."""
-    import onnxruntime as ort
-
-    def session(profile: bool) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        if profile:
-            options.enable_profiling = True
-            options.profile_file_prefix = os.path.join(work_dir, "onnxruntime-profile")
-        return ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-
+    whole-run time without the profiler, in ms, timed as ``compare`` times ONNX Runtime) for
+    ``onnx_path`` at ``threads``."""
     # One session at a time: each has its own pool, whose workers spin after a call and
     # would slow the other's runs on a 2-core machine.
-    profiled = session(True)
+    profiled = onnxruntime_session(onnx_path, threads,
+                                   os.path.join(work_dir, "onnxruntime-profile"))
     feed = {profiled.get_inputs()[0].name: x}
     for _ in range(5 + runs):  # warm-up, then the runs kept
         profiled.run(None, feed)
@@ -110,14 +101,10 @@ def onnxruntime_layers(onnx_path: str, x: np.ndarray, threads: int, runs: int,
         events = json.load(f)
     del profiled
     time.sleep(SETTLE_S)
-    plain = session(False)
+    plain = onnxruntime_variant(onnx_path, threads)
     for _ in range(5):
-        plain.run(None, feed)
-    whole = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        plain.run(None, feed)
-        whole.append(1e3 * (time.perf_counter() - start))
+        plain.run(x)
+    whole = plain.time_runs(x, runs)
     run_spans = [(e["ts"], e["ts"] + e["dur"]) for e in events
                  if e.get("cat") == "Session" and e.get("name") == "model_run"][-runs:]
     per_node: dict[str, list[float]] = {}
