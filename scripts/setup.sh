@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # qemu-user-static runs the emulated boards; qemu-user (the dynamic build) is the one that
-# loads TCG plugins, for counting (tune --counted, run --counted).
-APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static qemu-user binfmt-support debootstrap)
+# loads TCG plugins, for counting (tune --counted, run --counted); llvm-19's llvm-mc and
+# llvm-mca weigh each counted block by a model of the board's core (19: Debian 12's newest,
+# the first whose llvm-mca skips what it cannot analyse).
+APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static qemu-user binfmt-support debootstrap llvm-19)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -48,6 +50,9 @@ fi
 # The counting plugin (C, ~1 s), cached under $CACHE by its source's hash.
 .venv/bin/python -c "from tvmc_attend.device.counting.plugin import plugin_path; plugin_path()" \
   || { echo "setup: building the counting plugin failed" >&2; exit 1; }
+# llvm-mca for the counted cost (found, version checked).
+.venv/bin/python -c "from tvmc_attend.device.counting.throughput import llvm_tools; llvm_tools()" \
+  || { echo "setup: no usable llvm-mca (the counted cost needs LLVM >= 19)" >&2; exit 1; }
 # The aarch64 TVM runtime board bundles carry (~5 MB out of the pinned wheels, fetched once and
 # cached under $CACHE/runtime; a compile would fetch it too, but not offline).
 .venv/bin/python -c "from tvmc_attend.compiler.runtime_libs import runtime_libs; runtime_libs('aarch64')" \

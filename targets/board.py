@@ -31,25 +31,43 @@ class CacheLevel:
     miss_cycles: float
 
 
+INSTRUCTIONS_ONLY = "instructions"  # a preset's mca_cpu that asks for instructions / ipc
+
+
 @dataclass(frozen=True)
 class CoreModel:
-    """The counted cost of one core (``device.counting``): cycles ~= instructions / ipc + sum
-    over levels of misses x miss_cycles. Approximate published figures, with their source; it
-    ranks schedules, it is not a latency."""
+    """The counted cost of one core (``device.counting.cost``): each block of code that ran
+    costs the slower of its compute (executions x its cycles on llvm-mca's model of
+    ``mca_cpu``; cold blocks, and every block when ``mca_cpu`` is None or "instructions",
+    instructions / ``ipc``) and its misses x their miss cycles x ``exposed_miss`` (the share
+    of a miss's latency left once misses overlap each other, calibrated on a clock).
+    Published figures and a calibration, with their sources; it ranks schedules, it is not a
+    latency."""
 
     ipc: float
     line_bytes: int
     caches: tuple[CacheLevel, ...]
     source: str
+    mca_cpu: str | None = None
+    exposed_miss: float = 1.0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CoreModel:
         return cls(ipc=float(data["ipc"]), line_bytes=int(data["line_bytes"]),
                    caches=tuple(CacheLevel(**level) for level in data["caches"]),
-                   source=str(data["source"]))
+                   source=str(data["source"]), mca_cpu=data.get("mca_cpu"),
+                   exposed_miss=float(data.get("exposed_miss", 1.0)))
 
-    def cycles(self, instructions: int, misses: tuple[int, ...]) -> float:
-        return instructions / self.ipc + sum(
+    @property
+    def throughput_cpu(self) -> str | None:
+        """The llvm-mca cpu blocks are weighed on, or None for instructions / ipc."""
+        return None if self.mca_cpu in (None, INSTRUCTIONS_ONLY) else self.mca_cpu
+
+    def miss_cycles(self, misses: tuple[int, ...], exposed: float | None = None) -> float:
+        """The exposed cycles of these misses per level, L1 first (``exposed``: instead of
+        the core's ``exposed_miss``)."""
+        share = self.exposed_miss if exposed is None else exposed
+        return share * sum(
             n * level.miss_cycles for n, level in zip(misses, self.caches, strict=False))
 
 

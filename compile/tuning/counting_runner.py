@@ -40,7 +40,7 @@ class CountingRunner(PyRunner):
             counts = self.core.count(runner_input.artifact_path, args)
         except CountingError as err:
             return DoneFuture(None, f"counting failed: {err}")
-        return DoneFuture([counts.cycles(self.core.core) * CYCLE_SECS])
+        return DoneFuture([self.core.cost.cycles(counts) * CYCLE_SECS])
 
     def close(self) -> None:
         self.core.__exit__(None, None, None)

@@ -88,6 +88,12 @@ class DatabaseInfo:
         return self.measured_by == COUNTED
 
 
+def counted_identity(board: Board) -> dict[str, Any]:
+    """What a counted database records of the model it was counted under (JSON-shaped, so it
+    compares equal to what ``tuning.json`` reads back)."""
+    return json.loads(json.dumps({"qemu_cpu": board.qemu_cpu, **asdict(board.core_model)}))
+
+
 class TuningDatabase:
     """A database directory for one (target, model)."""
 
@@ -171,12 +177,21 @@ class TuningDatabase:
                 f"its records would not apply; retune into a new --log-dir{hint}")
         return info
 
-    def check_measured_by(self, measured_by: str) -> None:
-        """A counted run may not write into a database of timings (the units would mix)."""
-        if measured_by == COUNTED and self.exists() and not self.read_info().counted:
+    def check_measured_by(self, measured_by: str, board: Board | None = None) -> None:
+        """A counted run may not write into a database of timings, nor into one counted
+        under another core model (the units would mix)."""
+        if measured_by != COUNTED or not self.exists():
+            return
+        info = self.read_info()
+        if not info.counted:
             raise UserError(f"tuning database {self.path} holds timings from a device; counted "
                             "costs are another unit and must not mix with them: tune by "
                             "counting into another --log-dir")
+        if board is not None and board.core_model is not None and info.core_model and \
+                info.core_model != counted_identity(board):
+            raise UserError(f"tuning database {self.path} was counted under another core model "
+                            f"than {board.name}'s preset now has (its counts do not compare): "
+                            "move it away, or tune into another --log-dir")
 
     def _set_aside_counted(self, warn: Callable[[str], None]) -> None:
         """A timed run takes over a counted database: move its files into ``counted/``."""
@@ -221,7 +236,7 @@ class TuningDatabase:
             return check.load()
 
         with self.lock():
-            self.check_measured_by(measured_by)
+            self.check_measured_by(measured_by, board)
             if self.exists() and measured_by == TIMED and self.read_info().counted:
                 self._set_aside_counted(warn)
             if self.exists():
@@ -233,8 +248,7 @@ class TuningDatabase:
                                     tvm_version=tvm.__version__, lowering=lowering or "",
                                     measured_by=measured_by)
                 if measured_by == COUNTED and board.core_model is not None:
-                    info.core_model = {"qemu_cpu": board.qemu_cpu,
-                                       **asdict(board.core_model)}
+                    info.core_model = counted_identity(board)
                 if board.isa_class is not None:
                     info.cpu_class = board.isa_class.name
             info.emulated = info.emulated or emulated

@@ -120,7 +120,7 @@ def tune_model(source: ModelSource, board: Board, options: TuneOptions,
     db_dir = TuningDatabase.for_model(options.log_dir, board, source.name)
     if db_dir.exists():
         db_dir.check_target(board, lowering_of(options.layout))
-        db_dir.check_measured_by(_measured_by(device))
+        db_dir.check_measured_by(_measured_by(device), board)
     with db_dir.lock(wait=options.wait):  # before the import: --no-wait answers at once
         prepared = prepare_model(source, fuse_dcac=fuse_dcac, layout=options.layout,
                                  board=board)

@@ -77,11 +77,15 @@ def _count_bundle(bundle: str, meta: BundleMetadata, flags: DeviceRequest) -> No
             counts = core.count_bundle(bundle)
         except CountingError as err:
             raise UserError(f"counting {bundle} failed: {err}") from None
+        cost = core.cost.cost(counts)
     misses = ", ".join(f"L{i} {n:,}" for i, n in enumerate(counts.misses, 1))
     typer.echo(f"instructions {counts.instructions:,} | loads {counts.loads:,} | stores "
                f"{counts.stores:,} | misses {misses}")
-    typer.echo(f"counted cost: {counts.cycles(board.core_model) / 1e6:,.1f} Mcycles (a "
-               "deterministic rank of the work done on this core model, not a latency)")
+    cpu = board.core_model.throughput_cpu
+    weighed = f"llvm-mca's {cpu}" if cpu else "instructions / ipc"
+    typer.echo(f"counted cost: {cost.cycles / 1e6:,.1f} Mcycles ({cost.compute / 1e6:,.1f} in "
+               f"code by {weighed}, {cost.memory / 1e6:,.1f} in misses; a deterministic rank "
+               "of the work done on this core model, not a latency)")
 
 
 def register(app: typer.Typer) -> None:

@@ -211,6 +211,25 @@ def _check_module(board: Board, session: Any | None) -> str:
     return f"vector add built for {board.name}, run {where}: max abs error {error:.1g}"
 
 
+def _check_counting(board: Board) -> str:
+    """What `tune --counted` weighs blocks with: llvm-mca and its model of the board's core."""
+    from tvmc_attend.device.counting.throughput import BlockThroughput
+    from tvmc_attend.errors import UserError
+
+    model = board.core_model
+    if model is None or not model.mca_cpu:
+        raise CheckFailed(f"the {board.name} preset's core model names no llvm-mca cpu "
+                          "(core_model.mca_cpu)", "add one to the preset")
+    cpu = model.throughput_cpu
+    if cpu is None:
+        return f"counting {board.name} by instructions / ipc (no llvm-mca model, by its preset)"
+    try:
+        analyser = BlockThroughput("aarch64", cpu)
+    except UserError as err:
+        raise CheckFailed(str(err), "make setup") from None
+    return f"llvm-mca {analyser.mca} with -mcpu={cpu} (counted cost of {board.name})"
+
+
 def run_checks(board: Board, spec: RemoteSpec | None,
                report: Callable[[Check], None] = lambda _check: None) -> list[Check]:
     """Run every check, ``report``-ing each as it ends; a failed prerequisite skips its
@@ -234,6 +253,8 @@ def run_checks(board: Board, spec: RemoteSpec | None,
     tvm_ok = check("TVM IR serialisation", _check_save_json) and tvm_ok
     compiler_ok = check("compiler", lambda: _check_compiler(board))
     can_build = tvm_ok and compiler_ok
+    if board.core_model is not None:
+        check("counting model", lambda: _check_counting(board))
     if not board.is_remote:
         if can_build:
             check("tiny module", lambda: _check_module(board, None))

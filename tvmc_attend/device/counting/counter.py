@@ -23,6 +23,8 @@ from tvmc_attend import attend_runtime
 from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board, CoreModel
 
+from .cost import CostModel
+from .counts import CodeBlock, Counts
 from .plugin import plugin_path, qemu_binary
 
 GUEST_RUNNER = str(Path(__file__).with_name("guest_runner.py"))
@@ -36,27 +38,6 @@ BUNDLE_TIMEOUT_S = 3600.0  # a whole untuned model: tens of billions under the c
 
 class CountingError(RuntimeError):
     """A candidate could not be counted (it failed to load or run, or timed out)."""
-
-
-@dataclass(frozen=True)
-class Counts:
-    """What one call executed on the emulated core (the second of two, caches warm)."""
-
-    instructions: int
-    loads: int
-    stores: int
-    misses: tuple[int, ...]  # per cache level, L1 first
-
-    def cycles(self, core: CoreModel) -> float:
-        """The counted cost: core cycles under ``core``'s model (never a latency)."""
-        return core.cycles(self.instructions, self.misses)
-
-    def as_json(self, core: CoreModel | None = None) -> dict:
-        data = {"instructions": self.instructions, "loads": self.loads, "stores": self.stores,
-                "misses": list(self.misses)}
-        if core is not None:
-            data["cycles"] = self.cycles(core)
-        return data
 
 
 @dataclass(frozen=True)
@@ -90,9 +71,11 @@ class CountingCore:
     def __init__(self, guest: GuestSpec, core: CoreModel) -> None:
         self.guest = guest
         self.core = core
+        self.cost = CostModel(core, guest.arch)  # fails here if the core's model is missing
         self._dir = tempfile.TemporaryDirectory(prefix="tvmc-attend-count-")
         self._counts_file = Path(self._dir.name) / "counts.txt"
-        self._offset = 0
+        self._blocks_file = Path(self._dir.name) / "blocks.txt"
+        self._offset = self._blocks_offset = 0
         self._next_tag = 0
         self._proc: subprocess.Popen | None = None
 
@@ -102,6 +85,11 @@ class CountingCore:
         if board.core_model is None or not board.qemu_cpu:
             raise UserError(f"target {board.name} has no core model to count with: pick a board "
                             "whose preset has one (rpi3, rpi4, rpi5, jetson-nano)")
+        if not board.core_model.mca_cpu:
+            raise UserError(f"target {board.name}'s core model names no llvm-mca cpu "
+                            "(core_model.mca_cpu in its preset): add one (see `llvm-mca "
+                            "-mtriple=aarch64 -mcpu=help`), or set it to the fallback "
+                            "\"instructions\" to count instructions / ipc")
         return cls(GuestSpec.for_board(board.qemu_cpu), board.core_model)
 
     def __enter__(self) -> CountingCore:
@@ -117,7 +105,8 @@ class CountingCore:
         for i, level in enumerate(self.core.caches, 1):
             caches += [f"l{i}={level.bytes}", f"l{i}_ways={level.ways}"]
         plugin = ",".join([str(plugin_path()), f"out={self._counts_file}",
-                           f"line={self.core.line_bytes}", *caches])
+                           f"blocks={self._blocks_file}", f"line={self.core.line_bytes}",
+                           *caches])
         argv = [qemu_binary(self.guest.arch), "-cpu", self.guest.qemu_cpu, "-plugin", plugin]
         if self.guest.rootfs is not None:
             argv += ["-L", str(self.guest.rootfs)]
@@ -207,8 +196,27 @@ class CountingCore:
             fields = [int(x) for x in line.split()]
             if fields[0] == tag:
                 levels = len(self.core.caches)
-                return Counts(fields[1], fields[2], fields[3], tuple(fields[4:4 + levels]))
+                return Counts(fields[1], fields[2], fields[3], tuple(fields[4:4 + levels]),
+                              self._read_blocks(tag))
         raise CountingError(f"the plugin wrote no count for the call (tag {tag})")
+
+    def _read_blocks(self, tag: int) -> tuple[CodeBlock, ...]:
+        """The tag's blocks, merged by code (the plugin writes blocks after the counts)."""
+        with open(self._blocks_file) as f:
+            f.seek(self._blocks_offset)
+            lines = f.read().splitlines()
+            self._blocks_offset = f.tell()
+        levels = len(self.core.caches)
+        merged: dict[str, list[int]] = {}
+        for line in lines:
+            t, _vaddr, executions, instructions, *misses, code = line.split()
+            if int(t) == tag:
+                entry = merged.setdefault(code, [0, int(instructions)] + [0] * levels)
+                entry[0] += int(executions)
+                for i in range(levels):
+                    entry[2 + i] += int(misses[i])
+        return tuple(CodeBlock(bytes.fromhex(code), n, insns, tuple(m))
+                     for code, (n, insns, *m) in merged.items())
 
     def close(self) -> None:
         if self._proc is not None:
@@ -216,8 +224,9 @@ class CountingCore:
                 self._proc.kill()
             self._proc.wait()
             self._proc = None
-            self._offset = 0
+            self._offset = self._blocks_offset = 0
             self._counts_file.unlink(missing_ok=True)
+            self._blocks_file.unlink(missing_ok=True)
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None

@@ -18,7 +18,7 @@ from tvmc_attend.errors import UserError
 
 SOURCES = ("count_plugin.c", "qemu_plugin_api.h")
 QEMU_PACKAGE = "qemu-user"  # Debian's dynamic build: 1:7.2 on bookworm, plugin API version 1
-GCC_FLAGS = ["-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
+GCC_FLAGS = ["-O2", "-pthread", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
 
 
 def qemu_binary(arch: str) -> str:
