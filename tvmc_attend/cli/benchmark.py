@@ -198,15 +198,29 @@ def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, rounds
                         "use --target host")
     report = rank_check(source, candidates=candidates, seed=seed, work_dir=keep,
                         progress=lambda m: typer.echo(m, err=True))
-    table = Table(title=f"counted cost vs time, {report.model} conv candidates on this host "
-                        f"(AVX2, 1 thread), {report.date}")
-    for col in ("task", "candidates", "Spearman"):
+    table = Table(title=f"counted cost vs time, {report.model} candidates on this host "
+                        f"(AVX2, 1 thread; counted on llvm-mca's "
+                        f"{report.core_model['mca_cpu']}), {report.date}")
+    for col in ("task", "candidates", "Spearman", "top-1 regret", "counted spread",
+                "timed spread"):
         table.add_column(col, justify="left" if col == "task" else "right")
-    for name, rho in report.per_task.items():
-        n = sum(1 for c in report.candidates if c["task"] == name)
-        table.add_row(name, str(n), f"{rho:.3f}")
-    table.add_row("pooled (all tasks)", str(len(report.candidates)), f"{report.pooled:.3f}")
-    show_report(report, [table], [], width=120, json_path=json_path)
+    for name, row in report.per_task.items():
+        table.add_row(name[:56], str(row["candidates"]), f"{row['spearman']:.3f}",
+                      f"{100 * row['regret']:.1f} %", f"{row['cost_spread']:.2f}x",
+                      f"{row['timed_spread']:.2f}x")
+    table.add_row("pooled (all tasks)", str(len(report.candidates)), f"{report.pooled:.3f}",
+                  "", "", "")
+    fit = report.calibration
+    apart = report.told_apart()
+    notes = [f"median Spearman per task {report.median_spearman():.3f}; tasks whose counted "
+             f"best runs within 10 % of the fastest: {100 * report.regret_within_10():.0f} %",
+             f"over the {len(apart)} tasks whose candidates the cost tells apart (counted "
+             f"spread >= 1.02x): median Spearman {report.median_spearman(apart):.3f}, within "
+             f"10 %: {100 * report.regret_within_10(apart):.0f} %",
+             f"calibration (timed cycles at {report.host_mhz:.0f} MHz ~ scale x (compute + "
+             f"exposed x miss cycles)): scale {fit['compute_scale']:.3f}, exposed "
+             f"{fit['exposed_miss']:.3f}, median error {100 * fit['median_relative_error']:.0f} %"]
+    show_report(report, [table], notes, width=120, json_path=json_path)
 
 
 def _runtime_footprint(board: Board, source: ModelSource, trials: int, rounds: int,
@@ -261,10 +275,37 @@ def _runtime_footprint(board: Board, source: ModelSource, trials: int, rounds: i
     show_report(report, tables, [], width=130, json_path=json_path)
 
 
+def _estimate_vs_measured(board: Board, source: ModelSource, trials: int, rounds: int,
+                          log_dir: str | None, seed: int, json_path: str | None,
+                          keep: str | None) -> None:
+    """`--op estimate-vs-measured`: the counted cost of one inference over this CPU's clock,
+    beside its measured single-thread latency."""
+    from tvmc_attend.bench.counted import latency_estimate
+    from tvmc_attend.errors import UserError
+
+    if board.is_remote:
+        raise UserError("--op estimate-vs-measured checks the counted cost against this "
+                        "host's own clock: use --target host")
+    report = latency_estimate(source, log_dir=log_dir, work_dir=keep,
+                              progress=lambda m: typer.echo(m, err=True))
+    table = Table(title=f"{report.model} on this host (AVX2 build, 1 thread, "
+                        f"{report.records} records), {report.date}")
+    for col in ("", "ms"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row("estimated from the counted cost (not measured)", f"{report.estimated_ms:.2f}")
+    table.add_row("  of which code (llvm-mca)", f"{report.compute_ms:.2f}")
+    table.add_row("  of which exposed misses", f"{report.memory_ms:.2f}")
+    table.add_row("measured (median, 1 thread)", f"{report.measured_ms:.2f}")
+    notes = [f"estimated / measured {report.ratio:.2f} (cycles over {report.host_mhz:.0f} MHz, "
+             "the clock the kernel reports)"]
+    show_report(report, [table], notes, width=110, json_path=json_path)
+
+
 # --op NAME -> its handler (board, source, trials, rounds, log_dir, seed, json, keep)
 _OPS: dict[str, Callable[..., None]] = {
     "dcac": _dcac,
     "counted-vs-timed": _counted_vs_timed,
+    "estimate-vs-measured": _estimate_vs_measured,
     "cache-flush": _cache_flush,
     "in-model": _in_model,
     "runtime-footprint": _runtime_footprint,
@@ -327,7 +368,7 @@ def benchmark_command(
         "installed sizes)."),
     trials: int = typer.Option(64, "--trials", min=1,
                                help="With --op dcac: tuning trials for each block variant; "
-                                    "with --op counted-vs-timed: candidates per conv task; "
+                                    "with --op counted-vs-timed: candidates per task; "
                                     "with --op cache-flush: records per task (at most 8)."),
     counted: bool = typer.Option(
         False, "--counted",
