@@ -32,7 +32,7 @@ from tvmc_attend.errors import UserError
 from tvmc_attend.targets import Board, CacheLevel, CoreModel
 from tvmc_attend.timestamps import utc_timestamp
 
-from .rank_stats import calibrate, spearman, top1_regret
+from .rank_stats import EXPOSED_GRID, calibrate, spearman, top1_regret
 from .report import machine_info
 
 Progress = Callable[[str], None]
@@ -330,9 +330,12 @@ def rank_check(source: ModelSource, tasks: int | None = None, candidates: int = 
                              "stall_mcycles": cost.memory / 1e6,
                              "instructions": counts.instructions,
                              "misses": list(counts.misses), "blocks": len(counts.blocks),
-                             # what the calibration refits: blocks with misses one by one
-                             "miss_terms": [[round(c), round(m)] for c, m in terms if m > 0],
-                             "rest_cycles": sum(c for c, m in terms if m == 0)})
+                             # what the calibration refits: the blocks whose misses could
+                             # outweigh their compute at some exposed_miss it tries, one by one
+                             "miss_terms": [[round(c), round(m)] for c, m in terms
+                                            if m * EXPOSED_GRID[-1] > c],
+                             "rest_cycles": sum(c for c, m in terms
+                                                if m * EXPOSED_GRID[-1] <= c)})
     per_task = {}
     for name in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == name]
