@@ -233,6 +233,26 @@ def test_counted_and_timed_databases_do_not_mix(tmp_path) -> None:
     other.open(board, "m", create=True, measured_by=COUNTED)  # the same model reopens
 
 
+@pytest.mark.slow
+def test_estimate_vs_measured_sets_counted_cycles_beside_the_clock(tmp_path) -> None:
+    """A whole model counted under qemu-x86_64 on this CPU's llvm-mca model, over the clock,
+    beside its single-thread latency here; labelled an estimate. Tiny model: seconds."""
+    report_path = tmp_path / "estimate.json"
+    result = run_cli("benchmark", "--op", "estimate-vs-measured", "--model", "dcac",
+                     "--input-size", "8", "--target", "host", "--json", report_path,
+                     timeout=900)
+    assert result.returncode == 0, output(result)
+    assert "estimated from the counted cost (not measured)" in result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["threads"] == 1 and report["counts"]["blocks"] > 0
+    assert report["estimated_ms"] > 0 and report["measured_ms"] > 0
+    assert report["estimated_ms"] == pytest.approx(report["compute_ms"] + report["memory_ms"])
+    assert "not a measurement" in report["note"]
+    result = run_cli("benchmark", "--op", "estimate-vs-measured", "--model", "dcac",
+                     "--target", "rpi4")
+    assert_cli_error(result, "use --target host")
+
+
 def test_counted_flags_refuse_what_cannot_count(tmp_path) -> None:
     result = run_cli("tune", "--model", "dcac", "--target", "host", "--counted",
                      "--log-dir", tmp_path)
