@@ -332,10 +332,10 @@ def rank_check(source: ModelSource, tasks: int | None = None, candidates: int = 
                              "misses": list(counts.misses), "blocks": len(counts.blocks),
                              # what the calibration refits: the blocks whose misses could
                              # outweigh their compute at some exposed_miss it tries, one by one
-                             "miss_terms": [[round(c), round(m)] for c, m in terms
-                                            if m * EXPOSED_GRID[-1] > c],
-                             "rest_cycles": sum(c for c, m in terms
-                                                if m * EXPOSED_GRID[-1] <= c)})
+                             "miss_terms": [[round(compute), round(miss)] for compute, miss in terms
+                                            if miss * EXPOSED_GRID[-1] > compute],
+                             "rest_cycles": sum(compute for compute, miss in terms
+                                                if miss * EXPOSED_GRID[-1] <= compute)})
     per_task = {}
     for name in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == name]
