@@ -233,10 +233,10 @@ def test_counted_and_timed_databases_do_not_mix(tmp_path) -> None:
     other.open(board, "m", create=True, measured_by=COUNTED)  # the same model reopens
 
 
-@pytest.mark.slow
+@pytest.mark.bench  # a whole model counted and timed (~60 s even tiny): `make bench`
 def test_estimate_vs_measured_sets_counted_cycles_beside_the_clock(tmp_path) -> None:
     """A whole model counted under qemu-x86_64 on this CPU's llvm-mca model, over the clock,
-    beside its single-thread latency here; labelled an estimate. Tiny model: seconds."""
+    beside its single-thread latency here; labelled an estimate."""
     report_path = tmp_path / "estimate.json"
     result = run_cli("benchmark", "--op", "estimate-vs-measured", "--model", "dcac",
                      "--input-size", "8", "--target", "host", "--json", report_path,
@@ -248,6 +248,9 @@ def test_estimate_vs_measured_sets_counted_cycles_beside_the_clock(tmp_path) -> 
     assert report["estimated_ms"] > 0 and report["measured_ms"] > 0
     assert report["estimated_ms"] == pytest.approx(report["compute_ms"] + report["memory_ms"])
     assert "not a measurement" in report["note"]
+
+
+def test_estimate_vs_measured_is_for_this_host() -> None:
     result = run_cli("benchmark", "--op", "estimate-vs-measured", "--model", "dcac",
                      "--target", "rpi4")
     assert_cli_error(result, "use --target host")
