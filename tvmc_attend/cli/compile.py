@@ -73,10 +73,10 @@ def compile_command(
         typer.echo(f"  tuning database for the {extra['cpu_class']} CPU class "
                    f"({meta.tuning.database}), {extra.get('origin', 'origin not recorded')}")
     if meta.tuned and extra.get("measured_by") == "counted":
-        typer.echo(f"  tuned by counting on an emulated {extra.get('counted_on')} "
-                   f"core (instructions and simulated cache misses), not measured on a "
-                   f"{board.name}: retune on a board (`tvmc-attend tune --rpc-tracker ...`) "
-                   "for schedules chosen by its clock")
+        typer.echo(f"  tuned by counting on an emulated {extra.get('counted_on')} core (each "
+                   "block on llvm-mca's model of the core, simulated cache misses), not "
+                   f"measured on a {board.name}: retune on a board (`tvmc-attend tune "
+                   "--rpc-tracker ...`) for schedules chosen by its clock")
     if meta.verified is not None:
         typer.echo(f"  verified against {meta.verified.reference} on {meta.verified.where}: max "
                    f"relative error {meta.verified.max_rel_err:.1e} (tolerance "
