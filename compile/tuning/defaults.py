@@ -7,8 +7,7 @@ could run slower than the untuned one (9 of 41 rpi4 tasks did). So before search
 measures every task's default schedule with the run's own builder and runner and commits it as
 a record (``measure.measure_schedules``), TVM's own kernels' plain loops included: the
 database's best is then never slower than the default, as measured, and ``compile`` applies
-whichever wins. ``default_verdicts`` says, per
-task, whether it still does.
+whichever wins. ``default_verdicts`` says, per task, whether it still does.
 """
 
 from __future__ import annotations

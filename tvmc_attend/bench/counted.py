@@ -188,7 +188,7 @@ def host_mca_cpu() -> str:
     return cpu
 
 
-def host_core_model(exposed_miss: float = HOST_EXPOSED_MISS) -> CoreModel:
+def host_core_model() -> CoreModel:
     """This machine's data caches (sysfs) with the round miss costs above, and its CPU's
     llvm-mca model."""
     levels = []
@@ -210,7 +210,7 @@ def host_core_model(exposed_miss: float = HOST_EXPOSED_MISS) -> CoreModel:
                                                               strict=False))
     return CoreModel(ipc=HOST_IPC, line_bytes=levels[0][3], caches=caches,
                      source="this host's sysfs cache geometry; round miss costs",
-                     mca_cpu=host_mca_cpu(), exposed_miss=exposed_miss)
+                     mca_cpu=host_mca_cpu(), exposed_miss=HOST_EXPOSED_MISS)
 
 
 TOLD_APART = 1.02  # a task's highest over lowest counted cost, below which it ranks nothing
@@ -397,7 +397,7 @@ def latency_estimate(source: ModelSource, log_dir: str | None = None, repeat: in
     board = get_board("host-avx2")
     progress(f"importing {source.name} for {board.name} ...")
     prepared = prepare_model(source, layout=DEFAULT_LAYOUT, board=board)
-    core = host_core_model(HOST_EXPOSED_MISS)
+    core = host_core_model()
     mhz = host_mhz()
     with tempfile.TemporaryDirectory(prefix="tvmc-attend-estimate-", dir=work_dir) as work:
         bundle = compile_prepared(prepared, board, os.path.join(work, "bundle"),

@@ -1,11 +1,13 @@
 """How well a cost ranks candidates against a clock: rank correlation, top-1 regret, and the
-least-squares calibration of the cost's terms on timed candidates. numpy only (no TVM)."""
+calibration of the cost's terms on timed candidates. numpy and the cost's roofline (no TVM)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from tvmc_attend.device.counting.cost import roofline
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -66,9 +68,9 @@ Terms = list[tuple[float, float]]  # per block: (compute cycles, raw miss cycles
 
 
 def roofline_cycles(terms: Terms, rest: float, exposed: float) -> float:
-    """A candidate's cost: blocks with misses as max(compute, exposed x misses), plus the
-    compute of the blocks without (``rest``). Mirrors device.counting.cost.roofline."""
-    return rest + sum(max(c, exposed * m) for c, m in terms)
+    """A candidate's cost from what the rank check keeps of it: the roofline of its blocks
+    with misses, plus the compute of the others (``rest``)."""
+    return rest + roofline(terms, exposed).cycles
 
 
 def calibrate(timed_cycles: list[float], terms: list[Terms], rest: list[float]) -> Calibration:

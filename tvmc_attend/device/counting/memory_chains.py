@@ -119,7 +119,7 @@ def parse(arch: str, line: str, latency: float) -> Instruction:
                 targets |= _arm_regs(op.split(",")[0])
         slot = ["mem:" + op for op in memory]
         if mnemonic.startswith("st"):
-            sources |= set().union(*(_arm_regs(r) for r in registers)) if registers else set()
+            sources |= set().union(*(_arm_regs(r) for r in registers))
             targets |= set(slot)
         else:
             sources |= set(slot)
@@ -141,11 +141,12 @@ def chain_cycles(block: list[Instruction], self_loop: bool) -> float:
     memory slot at an address the block does not change; 0 when none does. Register-only
     chains are llvm-mca's to model. Unless the block branches to itself, only stack slots
     (spills) count: another block may move any other address between two executions."""
-    written_regs = set().union(*(i.targets for i in block)) if block else set()
-    slots = {s for i in block for s in i.sources | i.targets if s.startswith("mem:")}
-    fixed = {s for s in slots if not _address_regs(s) & written_regs
-             and (self_loop or _address_regs(s) & STACK_REGS)}
-    moving = slots - fixed
+    written_regs = set().union(*(i.targets for i in block))
+    slots = {s: _address_regs(s) for i in block for s in i.sources | i.targets
+             if s.startswith("mem:")}
+    fixed = {s for s, regs in slots.items() if not regs & written_regs
+             and (self_loop or regs & STACK_REGS)}
+    moving = slots.keys() - fixed
     stored = {t for i in block for t in i.targets} & fixed
     if not stored or not {s for i in block for s in i.sources} & stored:
         return 0.0  # nothing is stored and read back at one address

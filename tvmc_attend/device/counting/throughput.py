@@ -53,14 +53,12 @@ def llvm_tools() -> tuple[str, str, int]:
         mc = os.path.join(os.path.dirname(mca), "llvm-mc")
         if match and os.access(mc, os.X_OK):
             found.append((int(match.group(1)), mc, mca))
-    for name in ("llvm-mca",):  # an unversioned one on PATH (another distribution)
-        mca = shutil.which(name)
-        mc = shutil.which("llvm-mc")
-        if mca and mc:
-            out = subprocess.run([mca, "--version"], capture_output=True, text=True).stdout
-            match = re.search(r"LLVM version (\d+)", out)
-            if match:
-                found.append((int(match.group(1)), mc, mca))
+    mca, mc = shutil.which("llvm-mca"), shutil.which("llvm-mc")  # unversioned, on PATH
+    if mca and mc:
+        out = subprocess.run([mca, "--version"], capture_output=True, text=True).stdout
+        match = re.search(r"LLVM version (\d+)", out)
+        if match:
+            found.append((int(match.group(1)), mc, mca))
     usable = sorted(f for f in found if f[0] >= MIN_LLVM)
     if not usable:
         have = ", ".join(str(f[0]) for f in sorted(found)) or "none"
