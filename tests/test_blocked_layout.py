@@ -325,11 +325,11 @@ def test_unknown_layout_is_a_one_line_error(tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, size", [
-    ("attendnext", None), ("attendnext", 160), ("attendnext", 288),
-    ("mobilenetv3_large_100", None), ("mobileone_s1", None), ("fbnetc_100", None),
-    ("mobilevit_xs", None)])
+    ("attendnext", None), ("attendnext", 160), ("mobilenetv3_large_100", None),
+    ("mobileone_s1", None), ("fbnetc_100", None), ("mobilevit_xs", None)])
 def test_zoo_models_verify_in_the_blocked_layout(model, size, tmp_path) -> None:
-    """compile verifies against PyTorch; every zoo model, AttendNeXt at three sizes."""
+    """compile verifies against PyTorch; every zoo model, AttendNeXt at 224 and 160 (and at
+    288 in test_verify, which builds the default, blocked, layout)."""
     args = ["compile", "--model", model, "--target", "host", "--untuned", "-o", tmp_path / "b"]
     if size:
         args += ["--input-size", size]

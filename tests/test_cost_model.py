@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from tvmc_attend.bench.rank_stats import calibrate, roofline_cycles, spearman, top1_regret
-from tvmc_attend.device.counting import memory_chains
+from tvmc_attend.device.counting import CodeBlock, CostModel, Counts, memory_chains
 from tvmc_attend.device.counting.cost import roofline
 from tvmc_attend.device.counting.throughput import BlockThroughput, llvm_tools
+from tvmc_attend.device.counting.traces import join_fall_through
 from tvmc_attend.errors import UserError
+from tvmc_attend.targets import CacheLevel, CoreModel
 
 
 def _assemble(triple: str, lines: list[str]) -> bytes:
@@ -159,3 +161,62 @@ def test_roofline_charges_only_memory_beyond_compute() -> None:
     assert cost.compute == 210.0 and cost.memory == 200.0
     assert roofline([(100.0, 300.0)], exposed_miss=0.5).memory == 50.0
     assert roofline_cycles([(100.0, 300.0)], 10.0, 0.5) == 160.0  # the check's mirror agrees
+
+
+def _pieces(arch: str, parts: list[list[str]], executions: list[int],
+            start: int = 0x4000) -> tuple[CodeBlock, ...]:
+    """``parts`` assembled back to back from ``start``, as the plugin reports blocks."""
+    blocks, address = [], start
+    for lines, n in zip(parts, executions, strict=True):
+        code = _assemble(arch, lines)
+        blocks.append(CodeBlock(code, n, len(lines), (n, 0), address=address))
+        address += len(code)
+    return tuple(blocks)
+
+
+def _reduction(pieces: int, steps: int) -> list[list[str]]:
+    """One loop body: a fresh accumulator, ``steps`` FMAs into it per piece, stored; the loop
+    branch at the end (as qemu cuts an unrolled reduction into pieces)."""
+    parts = [[f"fmla v0.4s, v{1 + i % 8}.4s, v20.4s" for i in range(steps)]
+             for _ in range(pieces)]
+    parts[0].insert(0, "movi v0.4s, #0")
+    size = 4 * (sum(len(p) for p in parts) + 2)
+    parts[-1] += ["str q0, [x1], #16", f"cbnz x0, #-{size - 4}"]
+    return parts
+
+
+@pytest.mark.parametrize("pieces,steps", [(2, 5), (3, 12), (4, 1)])
+def test_pieces_of_one_body_are_weighed_as_the_body(pieces, steps, monkeypatch_module) -> None:
+    """Alone, each piece after the first looks like a loop carrying its accumulator; joined,
+    the fresh accumulator each time round lets the core overlap iterations. The joined block
+    is the body's bytes, a loop on itself, weighed as the body assembled whole."""
+    parts = _reduction(pieces, steps)
+    blocks = _pieces("aarch64", parts, [1000] * pieces)
+    (joined,) = join_fall_through(blocks)
+    whole = _assemble("aarch64", [line for part in parts for line in part])
+    assert joined.code == whole and joined.executions == 1000
+    assert joined.instructions == sum(len(p) for p in parts)
+    assert joined.misses == (1000 * pieces, 0) and joined.address == blocks[0].address
+    last = BlockThroughput("aarch64", "cortex-a72")._disassemble([whole])[0][-1]
+    assert memory_chains.branches_to_itself("aarch64", last, len(whole))
+    core = CoreModel(ipc=1.0, line_bytes=64, source="test", mca_cpu="cortex-a72",
+                     caches=(CacheLevel(bytes=32768, ways=2, miss_cycles=0.0),) * 2)
+    cost = CostModel(core, "aarch64")
+    counts = Counts(instructions=0, loads=0, stores=0, misses=(0, 0), blocks=blocks)
+    apart = sum(cost.throughput.cycles([b.code for b in blocks]))
+    (body,) = cost.throughput.cycles([whole])
+    assert cost.cost(counts).compute == pytest.approx(1000 * body)
+    if steps > 1:  # a chain of one FMA per piece carries too little to tell
+        assert body < 0.75 * apart, (body, apart)
+
+
+def test_only_pieces_that_always_follow_each_other_join() -> None:
+    a, b, c = _pieces("aarch64", [["add x0, x0, #1"]] * 3, [100, 100, 40])
+    assert [j.instructions for j in join_fall_through((a, b, c))] == [2, 1]  # c ran apart
+    gap = CodeBlock(b.code, 100, 1, address=b.address + 4)  # not where a ends
+    assert len(join_fall_through((a, gap))) == 2
+    twice = CodeBlock(b"\x1f\x20\x03\xd5", 100, 1, address=b.address)  # two codes there
+    assert len(join_fall_through((a, b, twice))) == 3
+    unplaced = CodeBlock(a.code, 100, 1)
+    assert join_fall_through((unplaced,)) == (unplaced,)
+    assert sorted(j.instructions for j in join_fall_through((c, b, a))) == [1, 2]  # any order

@@ -168,6 +168,9 @@ def test_counting_core_counts_tvm_kernels_deterministically(tmp_path) -> None:
     mca = CostModel(replace(TINY, mca_cpu="haswell"), os.uname().machine)
     assert first.blocks and 6 < mca.cost(bigger).compute / mca.cost(first).compute < 10
     assert sum(b.executions * b.instructions for b in first.blocks) == first.instructions
+    # each block where it ran, retranslations merged: what joins pieces of one body (traces.py)
+    assert all(b.address for b in first.blocks)
+    assert len({(b.address, b.code) for b in first.blocks}) == len(first.blocks)
 
 
 def _small_rank_check():
@@ -193,6 +196,12 @@ def test_rank_check_times_and_counts_sampled_conv_schedules() -> None:
     assert -1.0 <= report.pooled <= 1.0
     assert all(t["regret"] >= 0 for t in report.per_task.values())
     assert report.calibration["compute_scale"] > 0
+    # each kernel timed twice, loaded afresh: the clock's agreement with itself beside the cost's
+    for c in report.candidates:
+        first, second = c["timed_ms_passes"]
+        assert c["timed_ms"] == pytest.approx((first * second) ** 0.5) and min(first, second) > 0
+    assert all(-1.0 <= t["clock_spearman"] <= 1.0 and t["clock_regret"] >= 0
+               for t in report.per_task.values())
 
 
 @pytest.mark.bench  # a measurement of the cost model's quality, machine-dependent: `make bench`
@@ -231,6 +240,13 @@ def test_counted_and_timed_databases_do_not_mix(tmp_path) -> None:
     with pytest.raises(UserError, match="counted under another core model"):
         other.open(changed, "m", create=True, measured_by=COUNTED)
     other.open(board, "m", create=True, measured_by=COUNTED)  # the same model reopens
+    # ... and one whose counts were weighed by an older cost formula, on the same core model
+    info_path = Path(other.path) / "tuning.json"
+    info = json.loads(info_path.read_text())
+    info["core_model"]["cost_version"] -= 1
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(UserError, match="or cost formula"):
+        other.open(board, "m", create=True, measured_by=COUNTED)
 
 
 @pytest.mark.bench  # a whole model counted and timed (~60 s even tiny): `make bench`

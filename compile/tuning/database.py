@@ -90,8 +90,12 @@ class DatabaseInfo:
 
 def counted_identity(board: Board) -> dict[str, Any]:
     """What a counted database records of the model it was counted under (JSON-shaped, so it
-    compares equal to what ``tuning.json`` reads back)."""
-    return json.loads(json.dumps({"qemu_cpu": board.qemu_cpu, **asdict(board.core_model)}))
+    compares equal to what ``tuning.json`` reads back), and the formula its counts were weighed
+    by."""
+    from tvmc_attend.device.counting.cost import COST_VERSION
+
+    return json.loads(json.dumps({"qemu_cpu": board.qemu_cpu, **asdict(board.core_model),
+                                  "cost_version": COST_VERSION}))
 
 
 class TuningDatabase:
@@ -190,7 +194,8 @@ class TuningDatabase:
         if board is not None and board.core_model is not None and info.core_model and \
                 info.core_model != counted_identity(board):
             raise UserError(f"tuning database {self.path} was counted under another core model "
-                            f"than {board.name}'s preset now has (its counts do not compare): "
+                            f"or cost formula than {board.name}'s preset now has (its counts do "
+                            "not compare): "
                             "move it away, or tune into another --log-dir")
 
     def _set_aside_counted(self, warn: Callable[[str], None]) -> None:

@@ -27,7 +27,9 @@ class MeasuredCandidates:
     def __init__(self) -> None:
         self._secs: dict[int, list[float]] = {}
         self.replayed: dict[str, list[float]] = {}  # artifact path -> recorded run_secs
-        self._scratch = tempfile.mkdtemp(prefix="tvmc-attend-replay-")
+        # removed with this object (or at exit): the replayed artifacts are empty directories
+        self._scratch_dir = tempfile.TemporaryDirectory(prefix="tvmc-attend-replay-")
+        self._scratch = self._scratch_dir.name
 
     def is_replay(self, artifact_path: str | None) -> bool:
         return bool(artifact_path) and artifact_path.startswith(self._scratch + os.sep)

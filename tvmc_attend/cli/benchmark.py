@@ -202,14 +202,14 @@ def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, rounds
                         f"(AVX2, 1 thread; counted on llvm-mca's "
                         f"{report.core_model['mca_cpu']}), {report.date}")
     for col in ("task", "candidates", "Spearman", "top-1 regret", "counted spread",
-                "timed spread"):
+                "timed spread", "clock vs clock"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for name, row in report.per_task.items():
         table.add_row(name[:56], str(row["candidates"]), f"{row['spearman']:.3f}",
                       f"{100 * row['regret']:.1f} %", f"{row['cost_spread']:.2f}x",
-                      f"{row['timed_spread']:.2f}x")
+                      f"{row['timed_spread']:.2f}x", f"{row['clock_spearman']:.3f}")
     table.add_row("pooled (all tasks)", str(len(report.candidates)), f"{report.pooled:.3f}",
-                  "", "", "")
+                  "", "", "", "")
     fit = report.calibration
     apart = report.told_apart()
     notes = [f"median Spearman per task {report.median_spearman():.3f}; tasks whose counted "
@@ -217,6 +217,12 @@ def _counted_vs_timed(board: Board, source: ModelSource, candidates: int, rounds
              f"over the {len(apart)} tasks whose candidates the cost tells apart (counted "
              f"spread >= 1.02x): median Spearman {report.median_spearman(apart):.3f}, within "
              f"10 %: {100 * report.regret_within_10(apart):.0f} %",
+             "the clock against itself (each kernel timed twice, loaded afresh; the table's "
+             "times are the geometric mean): median Spearman per task "
+             f"{report.median_spearman(key='clock_spearman'):.3f}, the first pass's fastest "
+             "within 10 % of the second's on "
+             f"{100 * report.regret_within_10(key='clock_regret'):.0f} % of tasks: no cost "
+             "ranks better than the clock repeats",
              f"calibration (timed cycles at {report.host_mhz:.0f} MHz ~ scale x (compute + "
              f"exposed x miss cycles)): scale {fit['compute_scale']:.3f}, exposed "
              f"{fit['exposed_miss']:.3f}, median error {100 * fit['median_relative_error']:.0f} %"]

@@ -6,6 +6,9 @@ its exposed misses, in cycles of the core model (a rank, never a latency).
     memory(b)  = exposed_miss x sum over cache levels of b's misses x the level's miss cycles
     cycles     = sum over blocks of max(compute(b), memory(b))
 
+A block is straight-line code as the core runs it: the pieces qemu cut one body into are
+joined first (traces.py).
+
 A block's misses overlap its own work (an out-of-order core keeps issuing while loads are
 outstanding, prefetchers run ahead of a stream) and each other (``exposed_miss`` < 1: several
 misses in flight at once); the max is that overlap at its simplest: a block is either bound by
@@ -23,8 +26,13 @@ from tvmc_attend.targets import CoreModel
 
 from .counts import Counts
 from .throughput import block_throughput
+from .traces import join_fall_through
 
 COLD_EXECUTIONS = 16
+# The formula counts become cycles by, recorded in each counted database beside the core model:
+# records weighed by another formula do not compare. 2: each block on llvm-mca, roofline with
+# its misses; 3: the pieces qemu cut one body into joined first (traces.py).
+COST_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -62,11 +70,12 @@ class CostModel:
     def block_terms(self, counts: Counts) -> list[tuple[float, float]]:
         """Per block that ran: (compute cycles, raw miss cycles before ``exposed_miss``)."""
         ipc = self.core.ipc
-        hot = [b for b in counts.blocks if b.executions >= COLD_EXECUTIONS]
+        blocks = join_fall_through(counts.blocks)
+        hot = [b for b in blocks if b.executions >= COLD_EXECUTIONS]
         per_execution = dict(zip((b.code for b in hot), self.throughput.cycles(
             [b.code for b in hot]), strict=True)) if self.throughput and hot else {}
         return [(block.executions * per_execution.get(block.code, block.instructions / ipc),
-                 self.core.miss_cycles(block.misses, exposed=1.0)) for block in counts.blocks]
+                 self.core.miss_cycles(block.misses, exposed=1.0)) for block in blocks]
 
     def cost(self, counts: Counts) -> CountedCost:
         if not counts.blocks:

@@ -201,22 +201,23 @@ class CountingCore:
         raise CountingError(f"the plugin wrote no count for the call (tag {tag})")
 
     def _read_blocks(self, tag: int) -> tuple[CodeBlock, ...]:
-        """The tag's blocks, merged by code (the plugin writes blocks after the counts)."""
+        """The tag's blocks, retranslations merged (the plugin writes blocks after the
+        counts)."""
         with open(self._blocks_file) as f:
             f.seek(self._blocks_offset)
             lines = f.read().splitlines()
             self._blocks_offset = f.tell()
         levels = len(self.core.caches)
-        merged: dict[str, list[int]] = {}
+        merged: dict[tuple[str, str], list[int]] = {}
         for line in lines:
-            t, _vaddr, executions, instructions, *misses, code = line.split()
+            t, vaddr, executions, instructions, *misses, code = line.split()
             if int(t) == tag:
-                entry = merged.setdefault(code, [0, int(instructions)] + [0] * levels)
+                entry = merged.setdefault((vaddr, code), [0, int(instructions)] + [0] * levels)
                 entry[0] += int(executions)
                 for i in range(levels):
                     entry[2 + i] += int(misses[i])
-        return tuple(CodeBlock(bytes.fromhex(code), n, insns, tuple(m))
-                     for code, (n, insns, *m) in merged.items())
+        return tuple(CodeBlock(bytes.fromhex(code), n, insns, tuple(m), address=int(vaddr, 16))
+                     for (vaddr, code), (n, insns, *m) in merged.items())
 
     def close(self) -> None:
         if self._proc is not None:

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CodeBlock:
-    """One block of guest code that ran in the bracket: its bytes, and how often it ran
-    (translations of the same bytes merged)."""
+    """One block of guest code that ran in the bracket: its bytes, where they start, and how
+    often it ran (translations of the same bytes at the same address merged)."""
 
     code: bytes
     executions: int
     instructions: int  # per execution
     misses: tuple[int, ...] = ()  # of the block's own accesses, per cache level (all runs)
+    address: int | None = None  # guest address of its first instruction
 
 
 @dataclass(frozen=True)
