@@ -19,14 +19,18 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Test files run in parallel, one per core (at most 4: each worker holds TVM and PyTorch);
+# a file's tests stay on one worker, sharing its fixtures.
+PYTEST_PARALLEL := -n auto --maxprocesses 4 --dist loadfile
+
 test: lint
-	$(VENV)/bin/python -m pytest -q -m "not bench" --durations=25
+	$(VENV)/bin/python -m pytest -q -m "not bench" $(PYTEST_PARALLEL) --durations=25
 
 bench: setup
 	$(VENV)/bin/python -m pytest -q -m bench
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow and not emulated and not bench"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not emulated and not bench" $(PYTEST_PARALLEL)
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache

@@ -372,3 +372,20 @@ def test_tune_unreachable_tracker_is_fast(tmp_path) -> None:
                      "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "rpi4", "--log-dir",
                      tmp_path)
     assert_cli_error(result, f"cannot reach RPC tracker at 127.0.0.1:{port}")
+
+
+def test_report_tables_print_whole_in_a_log(capsys) -> None:
+    """Not on a terminal, a table is as wide as its numbers need: no label split over two
+    lines, no number cut short (a loaded machine's 1000x ratios once wrapped "PyTorch eager")."""
+    from rich.table import Table
+
+    from tvmc_attend.cli.report import show_report
+
+    table = Table(title="wide")
+    for col in ("variant", *(f"ratio {i}" for i in range(12))):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    table.add_row("PyTorch eager", *["1003.62x"] * 12)
+    show_report(object(), [table], ["a note"], width=60)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "PyTorch eager" in line)
+    assert row.count("1003.62x") == 12 and "…" not in out

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 
@@ -17,9 +18,17 @@ def show_report(report: Any, tables: Sequence[Table], notes: Sequence[str], widt
     keep whole rows), then write the JSON and the plot when asked for."""
     from tvmc_attend.bench.report import write_json
 
-    console = Console(width=None if Console().is_terminal else width)
+    terminal = Console().is_terminal
+    console = Console(width=None if terminal else width)
     for table in tables:
+        if not terminal:
+            # a log gets each table whole, however wide its numbers run (under load they once
+            # squeezed "PyTorch eager" onto two lines)
+            natural = Measurement.get(console, console.options.update_width(1000), table)
+            console.width = max(width, natural.maximum)
         console.print(table)
+    if not terminal:
+        console.width = width  # notes wrap at the log's width
     for note in notes:
         console.print(f"note: {note}")
     if json_path:

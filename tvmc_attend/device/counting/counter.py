@@ -2,9 +2,11 @@
 
 ``CountingCore`` keeps one guest runner alive (Python and the TVM runtime start once, ~10-60 s
 under qemu) and sends it one job per candidate: the artifact to load and its arguments' shapes.
-The plugin appends each bracketed call's counts to a file the host reads back. Counting is
-deterministic: the same artifact and arguments give the same counts on any machine, whatever
-else it is doing; it runs on one emulated core (TVM_NUM_THREADS=1).
+The plugin appends each bracketed call's counts to a file the host reads back. Counting does
+not depend on the machine or its load (one emulated core, TVM_NUM_THREADS=1): the same
+sequence of jobs gives the same counts anywhere. A job's misses depend a little on the jobs
+before it in the same guest (the simulated caches and the allocator start where they left
+off): up to 1.6 % apart on small kernels.
 """
 
 from __future__ import annotations
