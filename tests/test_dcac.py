@@ -82,16 +82,6 @@ def dcac_funcs(mod) -> list:
             if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and FUNC_ATTR in f.attrs]
 
 
-def drop_unnamed_metaschedule_handlers() -> None:
-    """pytest's log capture leaves unnamed handlers on MetaSchedule's logger, and the next
-    in-process tuning run fails in TVM's ``create_loggers`` (it formats handler names)."""
-    import logging
-
-    logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    for handler in [h for h in logger.handlers if h.get_name() is None]:
-        logger.removeHandler(handler)
-
-
 class RewrittenDCAC(nn.Module):
     """A DC-AC spelled differently from the zoo's: ``F.silu`` and ``k * sigmoid(k)``, conv
     biases instead of BatchNorm (one conv without), the gate as ``(S * V) * g + V``."""
@@ -296,7 +286,6 @@ def test_tuned_records_reach_the_build(tmp_path) -> None:
     name = prepared.imported.name
     db_dir = TuningDatabase.for_model(str(tmp_path / "logs"), HOST, name)
 
-    drop_unnamed_metaschedule_handlers()
     result = tune_prepared(prepared, HOST, TuneOptions(trials=4, log_dir=str(tmp_path / "logs")))
     database = db_dir.open(HOST, name)
     assert result.new_trials > 0
@@ -319,7 +308,6 @@ def test_op_benchmark_reports_every_variant(tmp_path) -> None:
     from tvmc_attend.bench.op_benchmark import VARIANTS, benchmark_dcac
     from tvmc_attend.bench.report import write_json
 
-    drop_unnamed_metaschedule_handlers()
     report = benchmark_dcac(HOST, trials=2, repeat=2, shapes=((16, 7),),
                             model=ModelSource("attendnext_s", input_size=64),
                             log_dir=str(tmp_path / "logs"), progress=lambda _: None)

@@ -339,3 +339,28 @@ def test_ctrl_c_keeps_the_records_and_a_rerun_resumes(tmp_path) -> None:
     done, _budget, new = tune_summary(out)
     assert done - new >= kept, f"the rerun started from scratch:\n{out}"
     assert record_count(database) > kept
+
+
+def test_an_unnamed_handler_on_metaschedule_logger_does_not_fail_a_tune(tmp_path) -> None:
+    """TVM's create_loggers formats each handler's name; an unnamed one (pytest's log capture,
+    a caller's own) failed in-process tunes. The tune sets such handlers aside around it and
+    puts them back."""
+    import logging
+
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    from tvmc_attend.compiler.tuning.tune import MS_LOGGER, unnamed_handlers_set_aside
+
+    logger = logging.getLogger(MS_LOGGER)
+    level, handler = logger.level, logging.NullHandler()
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(AttributeError, match="format"):  # TVM's own failure
+            get_loggers_from_work_dir(str(tmp_path), ["task"])
+        with unnamed_handlers_set_aside():
+            assert handler not in logger.handlers
+            get_loggers_from_work_dir(str(tmp_path), ["task"])
+        assert handler in logger.handlers
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -85,6 +85,23 @@ def _quiet_metaschedule(log_dir: str) -> None:
 
 
 @contextlib.contextmanager
+def unnamed_handlers_set_aside() -> Iterator[None]:
+    """TVM's ``create_loggers`` (run as tune contexts are made) lists MetaSchedule's logger's
+    handlers by name and formats each name: one without a name (pytest's log capture, or a
+    caller's own) failed the tune with "'NoneType' object has no attribute 'format'". They
+    are set aside while the contexts are made and put back after."""
+    logger = logging.getLogger(MS_LOGGER)
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
+
+
+@contextlib.contextmanager
 def _native_stderr_to(path: str) -> Iterator[None]:
     """Send C++ warnings (TVM logs schedule-rule notices straight to fd 2) to a log file."""
     sys.stderr.flush()
@@ -293,11 +310,12 @@ def _tune_pending(extracted: list[Any], plan: TuningPlan, board: Board, options:
 
     pending = plan.pending
     states = [plan.states[i] for i in pending]
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        [extracted[i] for i in pending], work_dir=work_dir,
-        strategy=options.search_strategy(), num_threads=board.thread_count()
-        if not board.is_remote else len(os.sched_getaffinity(0)),
-        seed=options.seed)
+    with unnamed_handlers_set_aside():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [extracted[i] for i in pending], work_dir=work_dir,
+            strategy=options.search_strategy(), num_threads=board.thread_count()
+            if not board.is_remote else len(os.sched_getaffinity(0)),
+            seed=options.seed)
     _quiet_metaschedule(log_dir)
     callback = measure_env.progress_callback(states, result, on_progress, start)
     # MetaSchedule counts every candidate it sends against its caps, replays included (its
