@@ -297,7 +297,6 @@ def rank_check(source: ModelSource, tasks: int | None = None, candidates: int = 
     tvm.get_global_func("runtime.config_threadpool")(0, 1)  # one core, as counted
     core = host_core_model()
     progress(f"importing {source.name} for {HOST_AVX2.description} ...")
-    built: list[tuple[str, list[tuple[list[int], str]]]] = []  # each row's kernel and args
     prepared = prepare_model(source, layout=DEFAULT_LAYOUT, board=HOST_AVX2)
     chosen = list(extract_tasks(prepared, HOST_AVX2))
     chosen.sort(key=lambda t: -float(estimate_tir_flops(t.dispatched[0])) * float(t.weight))
@@ -305,6 +304,7 @@ def rank_check(source: ModelSource, tasks: int | None = None, candidates: int = 
     register_rules()
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
+    built: list[tuple[str, list[tuple[list[int], str]]]] = []  # each row's kernel and args
     with tempfile.TemporaryDirectory(prefix="tvmc-attend-rank-", dir=work_dir) as work, \
             CountingCore(GuestSpec.for_host("max"), core) as counter:
         for t, task in enumerate(chosen):
