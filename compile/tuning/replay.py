@@ -28,11 +28,10 @@ class MeasuredCandidates:
         self._secs: dict[int, list[float]] = {}
         self.replayed: dict[str, list[float]] = {}  # artifact path -> recorded run_secs
         # removed with this object (or at exit): the replayed artifacts are empty directories
-        self._scratch_dir = tempfile.TemporaryDirectory(prefix="tvmc-attend-replay-")
-        self._scratch = self._scratch_dir.name
+        self._scratch = tempfile.TemporaryDirectory(prefix="tvmc-attend-replay-")
 
     def is_replay(self, artifact_path: str | None) -> bool:
-        return bool(artifact_path) and artifact_path.startswith(self._scratch + os.sep)
+        return bool(artifact_path) and artifact_path.startswith(self._scratch.name + os.sep)
 
     @classmethod
     def from_database(cls, database: Any, workload_mods: list[Any]) -> MeasuredCandidates:
@@ -68,7 +67,7 @@ class MeasuredCandidates:
         secs = self._secs.get(structural_hash(scheduled_mod))
         if secs is None:
             return None
-        path = os.path.join(tempfile.mkdtemp(dir=self._scratch), "replayed")
+        path = os.path.join(tempfile.mkdtemp(dir=self._scratch.name), "replayed")
         self.replayed[path] = secs
         return path
 
